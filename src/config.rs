@@ -1,0 +1,287 @@
+//! Configuration: the embedded `mirror.toml`, then an optional file, then
+//! `REGMIRROR_…` environment variables, merged by figment into validated
+//! types. Parsing only validates; nothing here opens a file or a socket.
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use url::Url;
+
+/// The commented default configuration, shipped inside the binary.
+pub const DEFAULT_TOML: &str = include_str!("../mirror.toml");
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Never contact an upstream.
+    pub offline: bool,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+    /// At least one; the first is the default for requests that name none.
+    pub upstream: Vec<UpstreamConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub root: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(with = "duration")]
+    pub tag_ttl: Duration,
+    pub memory_manifests: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The registry name clients ask for, e.g. `docker.io`.
+    pub name: String,
+    /// Where that registry really is.
+    pub url: Url,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "default_connect", with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_header", with = "duration")]
+    pub header_timeout: Duration,
+    #[serde(default = "default_read", with = "duration")]
+    pub read_timeout: Duration,
+    /// Overrides `cache.tag_ttl` for this upstream.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tag_ttl: Option<Duration>,
+}
+
+fn default_connect() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_header() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_read() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A configuration that could not be loaded; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// The embedded defaults, `file` over them if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "configuration file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("REGMIRROR_").split("__"));
+        Self::from_figment(fig)
+    }
+
+    /// The embedded defaults with `toml` laid over them (no environment).
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml)))
+    }
+
+    fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
+        let cfg: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e
+                .into_iter()
+                .map(|e| format!("configuration error: {e}"))
+                .collect();
+            ConfigError(msgs.join("\n"))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(format!("configuration error: {m}")));
+        if self.upstream.is_empty() {
+            return err("`upstream` must list at least one registry".into());
+        }
+        if self.server.max_connections == 0 {
+            return err("`server.max_connections` must be at least 1".into());
+        }
+        if self.storage.root.as_os_str().is_empty() {
+            return err("`storage.root` must be a directory path".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            let key = format!("upstream[{i}]");
+            let valid_name = !u.name.is_empty()
+                && u.name.len() <= 253
+                && u.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b));
+            if !valid_name {
+                return err(format!("`{key}.name` = {:?} is not a registry host name such as \"docker.io\" or \"ghcr.io\"", u.name));
+            }
+            if !seen.insert(u.name.as_str()) {
+                return err(format!(
+                    "`{key}.name` = {:?} appears twice; each upstream needs its own name",
+                    u.name
+                ));
+            }
+            if !matches!(u.url.scheme(), "http" | "https") || u.url.host_str().is_none() {
+                return err(format!(
+                    "`{key}.url` = {:?} must be an http:// or https:// URL with a host",
+                    u.url.as_str()
+                ));
+            }
+            if u.password.is_some() != u.username.is_some() {
+                return err(format!(
+                    "`{key}`: `username` and `password` go together; set both or neither"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tag TTL of upstream `i`.
+    pub fn tag_ttl(&self, u: &UpstreamConfig) -> Duration {
+        u.tag_ttl.unwrap_or(self.cache.tag_ttl)
+    }
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration such as \"30s\" or \"5m\" ({e})"
+            ))
+        })
+    }
+}
+
+mod opt_duration {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(c.storage.root, PathBuf::from("./data"));
+        assert_eq!(c.upstream.len(), 1);
+        assert_eq!(c.upstream[0].name, "docker.io");
+        assert_eq!(c.upstream[0].url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(c.cache.tag_ttl, Duration::from_secs(300));
+        assert!(!c.offline);
+    }
+
+    #[test]
+    fn issue_example_works_as_written() {
+        let c = Config::from_toml_str(
+            r#"
+[server]
+listen = "127.0.0.1:15020"
+
+[storage]
+root = "/var/tmp/regmirror"        # blobs, temp files and the SQLite database
+
+[[upstream]]
+name = "docker.io"                  # the registry that clients ask for
+url = "http://127.0.0.1:15000"      # where it really is; https://registry-1.docker.io by default
+username = "lab"                    # optional credentials for the upstream
+password = "labpass"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 15020);
+        assert_eq!(c.upstream[0].username.as_deref(), Some("lab"));
+        assert_eq!(c.upstream[0].read_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let e = Config::from_toml_str("[server]\nlistn = \"1.2.3.4:5\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listn") && e.contains("server"), "{e}");
+        let e = Config::from_toml_str("[server]\nlisten = \"nope\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = Config::from_toml_str("[cache]\ntag_ttl = \"five\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache.tag_ttl") && e.contains("duration"), "{e}");
+        let e = Config::from_toml_str("[[upstream]]\nname = \"x.io\"\nurl = \"ftp://x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream[0].url"), "{e}");
+        let e = Config::from_toml_str(
+            "[[upstream]]\nname = \"x.io\"\nurl = \"http://x\"\nusername = \"u\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("password"), "{e}");
+    }
+}

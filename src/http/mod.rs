@@ -1,0 +1,152 @@
+//! The HTTP front: accepting connections, routing the pull API, and the
+//! headers every response carries. Handlers are in [`handlers`], the mapping
+//! of errors to OCI codes in [`error`].
+
+mod body;
+mod error;
+mod handlers;
+mod range;
+mod routes;
+
+pub use range::parse_range;
+pub use routes::{route, Route};
+
+use crate::mirror::Mirror;
+use body::{LogLine, ResponseBody};
+use error::ApiError;
+use handlers::{Handled, Req, Resp};
+use http::header::HeaderValue;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Server settings the HTTP layer needs.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting and
+/// lets the connections in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    mirror: Arc<Mirror>,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(opts.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Take a permit before accepting: past the limit, connections wait
+        // in the kernel's backlog instead of costing memory here.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let mirror = mirror.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let mirror = mirror.clone();
+            async move { Ok::<_, Infallible>(handle(&mirror, req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("");
+    let ns = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned());
+    let r = Req {
+        method: &method,
+        headers: req.headers(),
+        ns: ns.as_deref(),
+        query,
+    };
+    let head = method == http::Method::HEAD;
+    let result: Result<Handled, ApiError> = match route(&method, &path) {
+        Route::Base => Ok(Handled {
+            resp: handlers::base(),
+            cache: "-",
+        }),
+        Route::Manifest { name, reference } => {
+            handlers::manifest(mirror, &r, name, reference).await
+        }
+        Route::Blob { name, digest } => handlers::blob(mirror, &r, name, digest).await,
+        Route::Tags { name } => handlers::tags(mirror, &r, name).await,
+        Route::Write => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "this is a read-only pull-through mirror: push and delete go to the upstream registry",
+        )),
+        Route::NotFound => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            format!(
+                "{method} {} is not an endpoint of this registry mirror",
+                path.chars().take(200).collect::<String>()
+            ),
+        )),
+    };
+    let (mut resp, cache) = match result {
+        Ok(h) => (h.resp, h.cache),
+        Err(e) => (handlers::error_response(&e, head), "error"),
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    if let Some(ns) = ns.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+        h.insert("oci-namespace", ns);
+    }
+    let status = resp.status().as_u16();
+    resp.body_mut().set_log(LogLine {
+        method,
+        path,
+        status,
+        cache,
+        started,
+    });
+    resp
+}
+
+/// A response body, for code outside this module that builds responses.
+pub type Body = ResponseBody;
