@@ -18,18 +18,13 @@ impl Clock {
 
     /// A clock that stands still at `ms` until [`Clock::advance`] moves it.
     pub fn manual(ms: i64) -> Clock {
-        Clock {
-            manual: Some(Arc::new(AtomicI64::new(ms))),
-        }
+        Clock { manual: Some(Arc::new(AtomicI64::new(ms))) }
     }
 
     pub fn now_ms(&self) -> i64 {
         match &self.manual {
             Some(t) => t.load(Ordering::SeqCst),
-            None => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
+            None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
         }
     }
 

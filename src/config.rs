@@ -80,11 +80,7 @@ pub struct UpstreamConfig {
     #[serde(default = "default_read", with = "duration")]
     pub read_timeout: Duration,
     /// Overrides `cache.tag_ttl` for this upstream.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub tag_ttl: Option<Duration>,
 }
 
@@ -109,10 +105,7 @@ impl Config {
         let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError(format!(
-                    "configuration file {} does not exist or is not a file",
-                    path.display()
-                )));
+                return Err(ConfigError(format!("configuration file {} does not exist or is not a file", path.display())));
             }
             fig = fig.merge(Toml::file(path));
         }
@@ -126,13 +119,7 @@ impl Config {
     }
 
     fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
-        let cfg: Config = fig.extract().map_err(|e| {
-            let msgs: Vec<String> = e
-                .into_iter()
-                .map(|e| format!("configuration error: {e}"))
-                .collect();
-            ConfigError(msgs.join("\n"))
-        })?;
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n")))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -153,28 +140,18 @@ impl Config {
             let key = format!("upstream[{i}]");
             let valid_name = !u.name.is_empty()
                 && u.name.len() <= 253
-                && u.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b));
+                && u.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b));
             if !valid_name {
                 return err(format!("`{key}.name` = {:?} is not a registry host name such as \"docker.io\" or \"ghcr.io\"", u.name));
             }
             if !seen.insert(u.name.as_str()) {
-                return err(format!(
-                    "`{key}.name` = {:?} appears twice; each upstream needs its own name",
-                    u.name
-                ));
+                return err(format!("`{key}.name` = {:?} appears twice; each upstream needs its own name", u.name));
             }
             if !matches!(u.url.scheme(), "http" | "https") || u.url.host_str().is_none() {
-                return err(format!(
-                    "`{key}.url` = {:?} must be an http:// or https:// URL with a host",
-                    u.url.as_str()
-                ));
+                return err(format!("`{key}.url` = {:?} must be an http:// or https:// URL with a host", u.url.as_str()));
             }
             if u.password.is_some() != u.username.is_some() {
-                return err(format!(
-                    "`{key}`: `username` and `password` go together; set both or neither"
-                ));
+                return err(format!("`{key}`: `username` and `password` go together; set both or neither"));
             }
         }
         Ok(())
@@ -183,6 +160,28 @@ impl Config {
     /// The tag TTL of upstream `i`.
     pub fn tag_ttl(&self, u: &UpstreamConfig) -> Duration {
         u.tag_ttl.unwrap_or(self.cache.tag_ttl)
+    }
+}
+
+/// One figment error as a line that names the key (`server.listen`), where
+/// it came from (the file, or the environment variable to look at), and
+/// what was expected.
+fn describe(e: &figment::Error) -> String {
+    let key = e.path.join(".").to_lowercase();
+    let origin = match e.metadata.as_ref() {
+        Some(m) => match &m.source {
+            Some(figment::Source::File(p)) => format!(" in {}", p.display()),
+            _ if m.name.contains("environment") => {
+                format!(" from environment variable REGMIRROR_{}", key.to_uppercase().replace('.', "__"))
+            }
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
+    if key.is_empty() {
+        format!("configuration error{origin}: {}", e.kind)
+    } else {
+        format!("configuration error: `{key}`{origin}: {}", e.kind)
     }
 }
 
@@ -196,11 +195,8 @@ mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration such as \"30s\" or \"5m\" ({e})"
-            ))
-        })
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration such as \"30s\" or \"5m\" ({e})")))
     }
 }
 
@@ -261,27 +257,15 @@ password = "labpass"
 
     #[test]
     fn mistakes_name_the_key() {
-        let e = Config::from_toml_str("[server]\nlistn = \"1.2.3.4:5\"")
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml_str("[server]\nlistn = \"1.2.3.4:5\"").unwrap_err().to_string();
         assert!(e.contains("listn") && e.contains("server"), "{e}");
-        let e = Config::from_toml_str("[server]\nlisten = \"nope\"")
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml_str("[server]\nlisten = \"nope\"").unwrap_err().to_string();
         assert!(e.contains("server.listen"), "{e}");
-        let e = Config::from_toml_str("[cache]\ntag_ttl = \"five\"")
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml_str("[cache]\ntag_ttl = \"five\"").unwrap_err().to_string();
         assert!(e.contains("cache.tag_ttl") && e.contains("duration"), "{e}");
-        let e = Config::from_toml_str("[[upstream]]\nname = \"x.io\"\nurl = \"ftp://x\"")
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml_str("[[upstream]]\nname = \"x.io\"\nurl = \"ftp://x\"").unwrap_err().to_string();
         assert!(e.contains("upstream[0].url"), "{e}");
-        let e = Config::from_toml_str(
-            "[[upstream]]\nname = \"x.io\"\nurl = \"http://x\"\nusername = \"u\"",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = Config::from_toml_str("[[upstream]]\nname = \"x.io\"\nurl = \"http://x\"\nusername = \"u\"").unwrap_err().to_string();
         assert!(e.contains("password"), "{e}");
     }
 }

@@ -41,25 +41,15 @@ impl App {
     /// them), removes temp files left by a crash, and builds the upstream clients.
     pub async fn open(config: &Config, clock: Clock) -> anyhow::Result<App> {
         let root = &config.storage.root;
-        std::fs::create_dir_all(root)
-            .with_context(|| format!("cannot create storage.root {}", root.display()))?;
-        let store = store::FsStore::open(root)
-            .with_context(|| format!("cannot open the store under {}", root.display()))?;
-        let swept = store::Store::sweep_temp(&store)
-            .await
-            .context("cannot clean the store's tmp directory")?;
+        std::fs::create_dir_all(root).with_context(|| format!("cannot create storage.root {}", root.display()))?;
+        let store = store::FsStore::open(root).with_context(|| format!("cannot open the store under {}", root.display()))?;
+        let swept = store::Store::sweep_temp(&store).await.context("cannot clean the store's tmp directory")?;
         let index = index::Index::open(&root.join("index.db"))?;
-        let mirror = mirror::Mirror::new(config, Arc::new(store), index, clock)
-            .map_err(anyhow::Error::msg)?;
+        let mirror = mirror::Mirror::new(config, Arc::new(store), index, clock).map_err(anyhow::Error::msg)?;
         tracing::info!(root = %root.display(), temp_files_removed = swept, upstreams = config.upstream.len(), offline = config.offline, "store opened");
-        let opts = http::ServerOptions {
-            header_read_timeout: config.server.header_read_timeout,
-            max_connections: config.server.max_connections,
-        };
-        Ok(App {
-            mirror: Arc::new(mirror),
-            opts,
-        })
+        let opts =
+            http::ServerOptions { header_read_timeout: config.server.header_read_timeout, max_connections: config.server.max_connections };
+        Ok(App { mirror: Arc::new(mirror), opts })
     }
 
     /// Serves until `shutdown` completes; then drains connections and
@@ -71,11 +61,7 @@ impl App {
 }
 
 /// Opens the mirror described by `config` and serves `listener` until `shutdown`.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let app = App::open(&config, Clock::system()).await?;
     app.serve(listener, shutdown).await;
     Ok(())

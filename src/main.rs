@@ -8,11 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "regmirror",
-    version,
-    about = "A pull-through caching mirror for OCI and Docker registries"
-)]
+#[command(name = "regmirror", version, about = "A pull-through caching mirror for OCI and Docker registries")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,11 +38,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -60,19 +55,11 @@ fn try_main() -> anyhow::Result<()> {
             let mut cfg = Config::load(config.as_deref())?;
             cfg.offline |= offline;
             init_logging(cfg.log.format);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(cfg.server.listen)
                     .await
-                    .with_context(|| {
-                        format!(
-                            "cannot listen on {} (server.listen): is another process using it?",
-                            cfg.server.listen
-                        )
-                    })?;
+                    .with_context(|| format!("cannot listen on {} (server.listen): is another process using it?", cfg.server.listen))?;
                 tracing::info!(listen = %listener.local_addr()?, "regmirror serving");
                 regmirror::run(listener, cfg, shutdown_signal()).await
             })

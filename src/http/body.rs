@@ -37,13 +37,7 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub fn new(content: Content, len: Option<u64>) -> ResponseBody {
-        ResponseBody {
-            content,
-            len,
-            sent: 0,
-            failed: false,
-            log: None,
-        }
+        ResponseBody { content, len, sent: 0, failed: false, log: None }
     }
 
     pub fn empty() -> ResponseBody {
@@ -65,17 +59,12 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         let r = match &mut this.content {
             Content::Empty => Poll::Ready(None),
             Content::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Content::Stream(s) => Pin::new(s)
-                .poll_next(cx)
-                .map(|o| o.map(|r| r.map(Frame::data))),
+            Content::Stream(s) => Pin::new(s).poll_next(cx).map(|o| o.map(|r| r.map(Frame::data))),
         };
         match &r {
             Poll::Ready(Some(Ok(f))) => this.sent += f.data_ref().map_or(0, |d| d.len() as u64),
@@ -118,7 +107,7 @@ impl Drop for ResponseBody {
                 status = l.status,
                 bytes = self.sent,
                 ms = format_args!("{ms:.1}"),
-                cache = l.cache,
+                cache = %l.cache,
                 complete,
                 "request"
             );

@@ -20,13 +20,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-            unsatisfied_size: None,
-        }
+        ApiError { status, code, message: message.into(), retry_after: None, unsatisfied_size: None }
     }
 
     pub fn body(&self) -> String {
@@ -60,24 +54,14 @@ impl From<MirrorError> for ApiError {
         match e {
             MirrorError::UnknownRegistry(_) => ApiError::new(S::BAD_REQUEST, "NAME_INVALID", msg),
             MirrorError::Name(n) => n.into(),
-            MirrorError::Unknown { what, .. } => {
-                ApiError::new(S::NOT_FOUND, unknown_code(what), msg)
-            }
-            MirrorError::NotAcceptable { .. } => {
-                ApiError::new(S::NOT_FOUND, "MANIFEST_UNKNOWN", msg)
-            }
-            MirrorError::Offline { what, .. } => {
-                ApiError::new(S::NOT_FOUND, unknown_code(what), msg)
-            }
+            MirrorError::Unknown { what, .. } => ApiError::new(S::NOT_FOUND, unknown_code(what), msg),
+            MirrorError::NotAcceptable { .. } => ApiError::new(S::NOT_FOUND, "MANIFEST_UNKNOWN", msg),
+            MirrorError::Offline { what, .. } => ApiError::new(S::NOT_FOUND, unknown_code(what), msg),
             MirrorError::Upstream(u) => match u {
                 UpstreamError::NotFound(_) => ApiError::new(S::NOT_FOUND, "NAME_UNKNOWN", msg),
                 UpstreamError::Denied(_) => ApiError::new(S::FORBIDDEN, "DENIED", msg),
                 UpstreamError::RateLimited { retry_after } => {
-                    let mut a = ApiError::new(
-                        S::SERVICE_UNAVAILABLE,
-                        "UNAVAILABLE",
-                        format!("{msg}; this is not cached yet"),
-                    );
+                    let mut a = ApiError::new(S::SERVICE_UNAVAILABLE, "UNAVAILABLE", format!("{msg}; this is not cached yet"));
                     a.retry_after = retry_after.map(|d| d.as_secs().max(1));
                     a
                 }
@@ -95,9 +79,7 @@ impl From<MirrorError> for ApiError {
                 tracing::error!(error = %msg, "digest mismatch from upstream");
                 ApiError::new(S::BAD_GATEWAY, "UNKNOWN", msg)
             }
-            MirrorError::ManifestInvalid(_) => {
-                ApiError::new(S::BAD_GATEWAY, "MANIFEST_INVALID", msg)
-            }
+            MirrorError::ManifestInvalid(_) => ApiError::new(S::BAD_GATEWAY, "MANIFEST_INVALID", msg),
             MirrorError::RangeNotSatisfiable { size } => {
                 let mut a = ApiError::new(S::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", msg);
                 a.unsatisfied_size = Some(size);
@@ -105,19 +87,11 @@ impl From<MirrorError> for ApiError {
             }
             ref err @ MirrorError::Store(_) if err.is_disk_full() => {
                 tracing::error!(error = %msg, "store is full");
-                ApiError::new(
-                    S::SERVICE_UNAVAILABLE,
-                    "UNAVAILABLE",
-                    "the mirror's disk is full; free space or lower storage.max_size",
-                )
+                ApiError::new(S::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the mirror's disk is full; free space or lower storage.max_size")
             }
             MirrorError::Store(_) | MirrorError::Index(_) | MirrorError::Internal(_) => {
                 tracing::error!(error = %msg, "internal error");
-                ApiError::new(
-                    S::INTERNAL_SERVER_ERROR,
-                    "UNKNOWN",
-                    format!("{msg} (see the mirror's log)"),
-                )
+                ApiError::new(S::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("{msg} (see the mirror's log)"))
             }
         }
     }

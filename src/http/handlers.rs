@@ -6,10 +6,7 @@ use super::error::ApiError;
 use super::range::parse_range;
 use crate::mirror::{Mirror, Source, Target};
 use crate::oci::{Digest, Reference};
-use http::header::{
-    HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
-    IF_NONE_MATCH, LINK, RANGE,
-};
+use http::header::{HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LINK, RANGE};
 use http::{HeaderMap, Method, Response, StatusCode};
 
 pub type Resp = Response<ResponseBody>;
@@ -38,11 +35,7 @@ fn builder(status: StatusCode) -> http::response::Builder {
 }
 
 fn accept_list(h: &HeaderMap) -> Vec<String> {
-    h.get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect()
+    h.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
 }
 
 fn target(mirror: &Mirror, req: &Req, name: &str) -> Result<Target, ApiError> {
@@ -51,22 +44,14 @@ fn target(mirror: &Mirror, req: &Req, name: &str) -> Result<Target, ApiError> {
 
 pub fn base() -> Resp {
     let mut r = Response::new(ResponseBody::full("{}"));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-pub async fn manifest(
-    mirror: &Mirror,
-    req: &Req<'_>,
-    name: &str,
-    reference: &str,
-) -> Result<Handled, ApiError> {
+pub async fn manifest(mirror: &Mirror, req: &Req<'_>, name: &str, reference: &str) -> Result<Handled, ApiError> {
     let t = target(mirror, req, name)?;
     let reference = Reference::parse(reference)?;
-    let a = mirror
-        .manifest(&t, &reference, &accept_list(req.headers))
-        .await?;
+    let a = mirror.manifest(&t, &reference, &accept_list(req.headers)).await?;
     let m = &a.manifest;
     let etag = format!("\"{}\"", m.digest);
     let not_modified = req
@@ -76,16 +61,8 @@ pub async fn manifest(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|v| v.trim() == etag || v.trim() == "*");
-    let status = if not_modified {
-        StatusCode::NOT_MODIFIED
-    } else {
-        StatusCode::OK
-    };
-    let body = if req.method == Method::HEAD || not_modified {
-        ResponseBody::empty()
-    } else {
-        ResponseBody::full(m.bytes.clone())
-    };
+    let status = if not_modified { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
+    let body = if req.method == Method::HEAD || not_modified { ResponseBody::empty() } else { ResponseBody::full(m.bytes.clone()) };
     let mut b = builder(status)
         .header(CONTENT_TYPE, hv(&m.media_type))
         .header("docker-content-digest", hv(&m.digest.to_string()))
@@ -96,46 +73,23 @@ pub async fn manifest(
     if a.source == Source::Stale {
         b = b.header("warning", "110 - \"response is stale\"");
     }
-    Ok(Handled {
-        resp: b
-            .body(body)
-            .expect("static header names and checked values"),
-        cache: a.source.as_str(),
-    })
+    Ok(Handled { resp: b.body(body).expect("static header names and checked values"), cache: a.source.as_str() })
 }
 
-pub async fn blob(
-    mirror: &Mirror,
-    req: &Req<'_>,
-    name: &str,
-    digest: &str,
-) -> Result<Handled, ApiError> {
+pub async fn blob(mirror: &Mirror, req: &Req<'_>, name: &str, digest: &str) -> Result<Handled, ApiError> {
     let t = target(mirror, req, name)?;
-    let d: Digest = digest
-        .parse()
-        .map_err(|e| ApiError::from(crate::oci::NameError::Digest(e)))?;
-    let range = req
-        .headers
-        .get(RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_range);
+    let d: Digest = digest.parse().map_err(|e| ApiError::from(crate::oci::NameError::Digest(e)))?;
+    let range = req.headers.get(RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
     let head = req.method == Method::HEAD;
     let a = mirror.blob(&t, &d, range, head).await?;
-    let mut b = builder(if a.range.is_some() {
-        StatusCode::PARTIAL_CONTENT
-    } else {
-        StatusCode::OK
-    })
-    .header(CONTENT_TYPE, "application/octet-stream")
-    .header("docker-content-digest", hv(&d.to_string()))
-    .header(ACCEPT_RANGES, "bytes")
-    .header(ETAG, hv(&format!("\"{d}\"")));
+    let mut b = builder(if a.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header("docker-content-digest", hv(&d.to_string()))
+        .header(ACCEPT_RANGES, "bytes")
+        .header(ETAG, hv(&format!("\"{d}\"")));
     let len = match (&a.range, a.size) {
         (Some(r), Some(size)) => {
-            b = b.header(
-                CONTENT_RANGE,
-                format!("bytes {}-{}/{size}", r.start, r.end - 1),
-            );
+            b = b.header(CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1));
             Some(r.end - r.start)
         }
         (_, size) => size,
@@ -147,12 +101,7 @@ pub async fn blob(
         Some(s) => ResponseBody::new(Content::Stream(s), len),
         None => ResponseBody::empty(),
     };
-    Ok(Handled {
-        resp: b
-            .body(body)
-            .expect("static header names and checked values"),
-        cache: a.source.as_str(),
-    })
+    Ok(Handled { resp: b.body(body).expect("static header names and checked values"), cache: a.source.as_str() })
 }
 
 pub async fn tags(mirror: &Mirror, req: &Req<'_>, name: &str) -> Result<Handled, ApiError> {
@@ -163,11 +112,7 @@ pub async fn tags(mirror: &Mirror, req: &Req<'_>, name: &str) -> Result<Handled,
         match &*k {
             "n" => {
                 n = Some(v.parse().map_err(|_| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "PAGINATION_NUMBER_INVALID",
-                        format!("n={v:?} is not a non-negative number"),
-                    )
+                    ApiError::new(StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID", format!("n={v:?} is not a non-negative number"))
                 })?)
             }
             "last" => last = Some(v.into_owned()),
@@ -175,19 +120,12 @@ pub async fn tags(mirror: &Mirror, req: &Req<'_>, name: &str) -> Result<Handled,
         }
     }
     let (all, source) = mirror.tags(&t).await?;
-    let after: Vec<&String> = all
-        .iter()
-        .filter(|t| last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
-        .collect();
+    let after: Vec<&String> = all.iter().filter(|t| last.as_ref().is_none_or(|l| t.as_str() > l.as_str())).collect();
     let take = n.unwrap_or(usize::MAX).min(after.len());
     let page = &after[..take];
     let mut b = builder(StatusCode::OK).header(CONTENT_TYPE, "application/json");
     if take < after.len() && take > 0 {
-        let mut link = format!(
-            "</v2/{name}/tags/list?n={}&last={}",
-            n.unwrap_or(take),
-            page[take - 1]
-        );
+        let mut link = format!("</v2/{name}/tags/list?n={}&last={}", n.unwrap_or(take), page[take - 1]);
         if let Some(ns) = req.ns {
             link.push_str("&ns=");
             link.push_str(ns);
@@ -199,30 +137,18 @@ pub async fn tags(mirror: &Mirror, req: &Req<'_>, name: &str) -> Result<Handled,
         b = b.header("warning", "110 - \"response is stale\"");
     }
     let body = serde_json::json!({"name": name, "tags": page}).to_string();
-    Ok(Handled {
-        resp: b
-            .body(ResponseBody::full(body))
-            .expect("static header names and checked values"),
-        cache: source.as_str(),
-    })
+    Ok(Handled { resp: b.body(ResponseBody::full(body)).expect("static header names and checked values"), cache: source.as_str() })
 }
 
 /// An OCI error response.
 pub fn error_response(e: &ApiError, head: bool) -> Resp {
     let body = e.body();
-    let mut b = builder(e.status)
-        .header(CONTENT_TYPE, "application/json")
-        .header(CONTENT_LENGTH, body.len());
+    let mut b = builder(e.status).header(CONTENT_TYPE, "application/json").header(CONTENT_LENGTH, body.len());
     if let Some(s) = e.retry_after {
         b = b.header("retry-after", s);
     }
     if let Some(size) = e.unsatisfied_size {
         b = b.header(CONTENT_RANGE, format!("bytes */{size}"));
     }
-    b.body(if head {
-        ResponseBody::empty()
-    } else {
-        ResponseBody::full(body)
-    })
-    .expect("static header names and checked values")
+    b.body(if head { ResponseBody::empty() } else { ResponseBody::full(body) }).expect("static header names and checked values")
 }

@@ -35,12 +35,7 @@ pub struct ServerOptions {
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and
 /// lets the connections in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    mirror: Arc<Mirror>,
-    opts: ServerOptions,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, mirror: Arc<Mirror>, opts: ServerOptions, shutdown: impl Future<Output = ()>) {
     let limit = Arc::new(Semaphore::new(opts.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -91,24 +86,12 @@ async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("");
-    let ns = url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "ns")
-        .map(|(_, v)| v.into_owned());
-    let r = Req {
-        method: &method,
-        headers: req.headers(),
-        ns: ns.as_deref(),
-        query,
-    };
+    let ns = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v.into_owned());
+    let r = Req { method: &method, headers: req.headers(), ns: ns.as_deref(), query };
     let head = method == http::Method::HEAD;
     let result: Result<Handled, ApiError> = match route(&method, &path) {
-        Route::Base => Ok(Handled {
-            resp: handlers::base(),
-            cache: "-",
-        }),
-        Route::Manifest { name, reference } => {
-            handlers::manifest(mirror, &r, name, reference).await
-        }
+        Route::Base => Ok(Handled { resp: handlers::base(), cache: "-" }),
+        Route::Manifest { name, reference } => handlers::manifest(mirror, &r, name, reference).await,
         Route::Blob { name, digest } => handlers::blob(mirror, &r, name, digest).await,
         Route::Tags { name } => handlers::tags(mirror, &r, name).await,
         Route::Write => Err(ApiError::new(
@@ -119,10 +102,7 @@ async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {
         Route::NotFound => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "UNSUPPORTED",
-            format!(
-                "{method} {} is not an endpoint of this registry mirror",
-                path.chars().take(200).collect::<String>()
-            ),
+            format!("{method} {} is not an endpoint of this registry mirror", path.chars().take(200).collect::<String>()),
         )),
     };
     let (mut resp, cache) = match result {
@@ -130,21 +110,12 @@ async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {
         Err(e) => (handlers::error_response(&e, head), "error"),
     };
     let h = resp.headers_mut();
-    h.insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
-    );
+    h.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
     if let Some(ns) = ns.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
         h.insert("oci-namespace", ns);
     }
     let status = resp.status().as_u16();
-    resp.body_mut().set_log(LogLine {
-        method,
-        path,
-        status,
-        cache,
-        started,
-    });
+    resp.body_mut().set_log(LogLine { method, path, status, cache, started });
     resp
 }
 

@@ -84,35 +84,11 @@ mod tests {
         let g = Method::GET;
         assert_eq!(route(&g, "/v2/"), Route::Base);
         assert_eq!(route(&g, "/v2"), Route::Base);
-        assert_eq!(
-            route(&g, "/v2/library/alpine/manifests/3.19"),
-            Route::Manifest {
-                name: "library/alpine",
-                reference: "3.19"
-            }
-        );
-        assert_eq!(
-            route(&g, "/v2/a/manifests/b/manifests/c"),
-            Route::Manifest {
-                name: "a/manifests/b",
-                reference: "c"
-            }
-        );
-        assert_eq!(
-            route(&g, "/v2/a/blobs/sha256:00"),
-            Route::Blob {
-                name: "a",
-                digest: "sha256:00"
-            }
-        );
+        assert_eq!(route(&g, "/v2/library/alpine/manifests/3.19"), Route::Manifest { name: "library/alpine", reference: "3.19" });
+        assert_eq!(route(&g, "/v2/a/manifests/b/manifests/c"), Route::Manifest { name: "a/manifests/b", reference: "c" });
+        assert_eq!(route(&g, "/v2/a/blobs/sha256:00"), Route::Blob { name: "a", digest: "sha256:00" });
         assert_eq!(route(&g, "/v2/a/b/tags/list"), Route::Tags { name: "a/b" });
-        assert_eq!(
-            route(&Method::HEAD, "/v2/a/blobs/x"),
-            Route::Blob {
-                name: "a",
-                digest: "x"
-            }
-        );
+        assert_eq!(route(&Method::HEAD, "/v2/a/blobs/x"), Route::Blob { name: "a", digest: "x" });
         assert_eq!(route(&Method::PUT, "/v2/a/manifests/x"), Route::Write);
         assert_eq!(route(&Method::DELETE, "/v2/a/blobs/x"), Route::Write);
         assert_eq!(route(&Method::POST, "/v2/a/blobs/uploads/"), Route::Write);
@@ -121,9 +97,6 @@ mod tests {
         assert_eq!(route(&g, "/v2/manifests/x"), Route::NotFound);
         assert_eq!(route(&g, "/v3/a/manifests/x"), Route::NotFound);
         assert_eq!(route(&g, "/v2x"), Route::NotFound);
-        assert_eq!(
-            route(&Method::OPTIONS, "/v2/a/manifests/x"),
-            Route::NotFound
-        );
+        assert_eq!(route(&Method::OPTIONS, "/v2/a/manifests/x"), Route::NotFound);
     }
 }

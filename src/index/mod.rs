@@ -26,16 +26,9 @@ pub enum IndexError {
     #[error("index database error: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("index database {path} could not be opened: {source}. If the file is corrupt, move it away and restart: the index is rebuilt from the store")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Open { path: String, source: rusqlite::Error },
     #[error("index database {path} has schema version {found}, newer than this regmirror knows ({known}); upgrade regmirror")]
-    TooNew {
-        path: String,
-        found: i64,
-        known: usize,
-    },
+    TooNew { path: String, found: i64, known: usize },
     #[error("the index thread has stopped")]
     Stopped,
 }
@@ -59,14 +52,8 @@ impl Index {
     /// Opens (creating and migrating) the database at `path` and starts its thread.
     pub fn open(path: &Path) -> Result<Index, IndexError> {
         let shown = path.display().to_string();
-        let mut conn = Connection::open(path).map_err(|source| IndexError::Open {
-            path: shown.clone(),
-            source,
-        })?;
-        configure(&conn).map_err(|source| IndexError::Open {
-            path: shown.clone(),
-            source,
-        })?;
+        let mut conn = Connection::open(path).map_err(|source| IndexError::Open { path: shown.clone(), source })?;
+        configure(&conn).map_err(|source| IndexError::Open { path: shown.clone(), source })?;
         migrate(&mut conn, &shown)?;
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -77,10 +64,7 @@ impl Index {
                     job(&mut conn);
                 }
             })
-            .map_err(|e| IndexError::Open {
-                path: shown,
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+            .map_err(|e| IndexError::Open { path: shown, source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)) })?;
         Ok(Index { jobs })
     }
 
@@ -98,17 +82,8 @@ impl Index {
         Ok(rx.await.map_err(|_| IndexError::Stopped)??)
     }
 
-    pub async fn tag(
-        &self,
-        upstream: &str,
-        repo: &RepoName,
-        tag: &str,
-    ) -> Result<Option<TagRow>, IndexError> {
-        let (u, r, t) = (
-            upstream.to_owned(),
-            repo.as_str().to_owned(),
-            tag.to_owned(),
-        );
+    pub async fn tag(&self, upstream: &str, repo: &RepoName, tag: &str) -> Result<Option<TagRow>, IndexError> {
+        let (u, r, t) = (upstream.to_owned(), repo.as_str().to_owned(), tag.to_owned());
         self.call(move |c| {
             c.query_row(
                 "SELECT t.manifest_digest, t.fetched_at FROM tags t
@@ -124,20 +99,8 @@ impl Index {
     }
 
     /// Points a tag at a digest, confirmed at `now`.
-    pub async fn set_tag(
-        &self,
-        upstream: &str,
-        repo: &RepoName,
-        tag: &str,
-        digest: &Digest,
-        now: i64,
-    ) -> Result<(), IndexError> {
-        let (u, r, t, d) = (
-            upstream.to_owned(),
-            repo.as_str().to_owned(),
-            tag.to_owned(),
-            digest.to_string(),
-        );
+    pub async fn set_tag(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest, now: i64) -> Result<(), IndexError> {
+        let (u, r, t, d) = (upstream.to_owned(), repo.as_str().to_owned(), tag.to_owned(), digest.to_string());
         self.call(move |c| {
             let tx = c.transaction()?;
             let repo_id = repository_id(&tx, &u, &r)?;
@@ -152,11 +115,7 @@ impl Index {
     }
 
     /// The tags of a repository, sorted; `None` when the repository is unknown.
-    pub async fn tags(
-        &self,
-        upstream: &str,
-        repo: &RepoName,
-    ) -> Result<Option<Vec<String>>, IndexError> {
+    pub async fn tags(&self, upstream: &str, repo: &RepoName) -> Result<Option<Vec<String>>, IndexError> {
         let (u, r) = (upstream.to_owned(), repo.as_str().to_owned());
         self.call(move |c| {
             let id: Option<i64> = c
@@ -177,16 +136,9 @@ impl Index {
     pub async fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRow>, IndexError> {
         let d = digest.to_string();
         self.call(move |c| {
-            c.query_row(
-                "SELECT media_type, size FROM manifests WHERE digest = ?1",
-                [d],
-                |row| {
-                    Ok(ManifestRow {
-                        media_type: row.get(0)?,
-                        size: row.get::<_, i64>(1)? as u64,
-                    })
-                },
-            )
+            c.query_row("SELECT media_type, size FROM manifests WHERE digest = ?1", [d], |row| {
+                Ok(ManifestRow { media_type: row.get(0)?, size: row.get::<_, i64>(1)? as u64 })
+            })
             .optional()
         })
         .await
@@ -203,19 +155,10 @@ impl Index {
         info: &ManifestInfo,
         now: i64,
     ) -> Result<(), IndexError> {
-        let (u, r, d, mt) = (
-            upstream.to_owned(),
-            repo.as_str().to_owned(),
-            digest.to_string(),
-            info.media_type.clone(),
-        );
+        let (u, r, d, mt) = (upstream.to_owned(), repo.as_str().to_owned(), digest.to_string(), info.media_type.clone());
         let is_index = info.kind == ManifestKind::Index;
-        let refs: Vec<(String, &'static str)> = info
-            .blobs
-            .iter()
-            .map(|b| (b.to_string(), "blob"))
-            .chain(info.manifests.iter().map(|m| (m.to_string(), "manifest")))
-            .collect();
+        let refs: Vec<(String, &'static str)> =
+            info.blobs.iter().map(|b| (b.to_string(), "blob")).chain(info.manifests.iter().map(|m| (m.to_string(), "manifest"))).collect();
         self.call(move |c| {
             let tx = c.transaction()?;
             let repo_id = repository_id(&tx, &u, &r)?;
@@ -225,7 +168,10 @@ impl Index {
                 params![d, mt, size as i64, is_index, now],
             )?;
             for (child, kind) in &refs {
-                tx.execute("INSERT OR IGNORE INTO manifest_refs (manifest_digest, child_digest, kind) VALUES (?1, ?2, ?3)", params![d, child, kind])?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO manifest_refs (manifest_digest, child_digest, kind) VALUES (?1, ?2, ?3)",
+                    params![d, child, kind],
+                )?;
             }
             tx.execute("INSERT OR IGNORE INTO repository_manifests (repository_id, manifest_digest) VALUES (?1, ?2)", params![repo_id, d])?;
             tx.commit()
@@ -235,17 +181,8 @@ impl Index {
 
     /// Records that a repository holds a manifest already stored (pulled
     /// through another repository).
-    pub async fn link_manifest(
-        &self,
-        upstream: &str,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<(), IndexError> {
-        let (u, r, d) = (
-            upstream.to_owned(),
-            repo.as_str().to_owned(),
-            digest.to_string(),
-        );
+    pub async fn link_manifest(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> Result<(), IndexError> {
+        let (u, r, d) = (upstream.to_owned(), repo.as_str().to_owned(), digest.to_string());
         self.call(move |c| {
             let tx = c.transaction()?;
             let repo_id = repository_id(&tx, &u, &r)?;
@@ -270,30 +207,18 @@ impl Index {
 
     pub async fn blob(&self, digest: &Digest) -> Result<Option<u64>, IndexError> {
         let d = digest.to_string();
-        self.call(move |c| {
-            c.query_row("SELECT size FROM blobs WHERE digest = ?1", [d], |row| {
-                row.get::<_, i64>(0)
-            })
-            .optional()
-        })
-        .await
-        .map(|o| o.map(|s| s as u64))
+        self.call(move |c| c.query_row("SELECT size FROM blobs WHERE digest = ?1", [d], |row| row.get::<_, i64>(0)).optional())
+            .await
+            .map(|o| o.map(|s| s as u64))
     }
 
     /// Every digest the index knows as a blob or a manifest.
     pub async fn all_objects(&self) -> Result<Vec<(Digest, bool)>, IndexError> {
         self.call(|c| {
-            let mut st =
-                c.prepare("SELECT digest, 0 FROM blobs UNION ALL SELECT digest, 1 FROM manifests")?;
-            let rows = st
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|(d, m)| d.parse().ok().map(|d| (d, m)))
-                .collect())
+            let mut st = c.prepare("SELECT digest, 0 FROM blobs UNION ALL SELECT digest, 1 FROM manifests")?;
+            let rows =
+                st.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().filter_map(|(d, m)| d.parse().ok().map(|d| (d, m))).collect())
         })
         .await
     }
@@ -309,19 +234,10 @@ fn configure(c: &Connection) -> rusqlite::Result<()> {
 }
 
 fn migrate(c: &mut Connection, shown: &str) -> Result<(), IndexError> {
-    let open_err = |source| IndexError::Open {
-        path: shown.to_owned(),
-        source,
-    };
-    let version: i64 = c
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(open_err)?;
+    let open_err = |source| IndexError::Open { path: shown.to_owned(), source };
+    let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
     if version as usize > MIGRATIONS.len() {
-        return Err(IndexError::TooNew {
-            path: shown.to_owned(),
-            found: version,
-            known: MIGRATIONS.len(),
-        });
+        return Err(IndexError::TooNew { path: shown.to_owned(), found: version, known: MIGRATIONS.len() });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = c.transaction()?;
@@ -333,24 +249,10 @@ fn migrate(c: &mut Connection, shown: &str) -> Result<(), IndexError> {
 }
 
 fn repository_id(tx: &rusqlite::Transaction, upstream: &str, repo: &str) -> rusqlite::Result<i64> {
-    tx.execute(
-        "INSERT OR IGNORE INTO upstreams (name) VALUES (?1)",
-        [upstream],
-    )?;
-    let uid: i64 = tx.query_row(
-        "SELECT id FROM upstreams WHERE name = ?1",
-        [upstream],
-        |r| r.get(0),
-    )?;
-    tx.execute(
-        "INSERT OR IGNORE INTO repositories (upstream_id, name) VALUES (?1, ?2)",
-        params![uid, repo],
-    )?;
-    tx.query_row(
-        "SELECT id FROM repositories WHERE upstream_id = ?1 AND name = ?2",
-        params![uid, repo],
-        |r| r.get(0),
-    )
+    tx.execute("INSERT OR IGNORE INTO upstreams (name) VALUES (?1)", [upstream])?;
+    let uid: i64 = tx.query_row("SELECT id FROM upstreams WHERE name = ?1", [upstream], |r| r.get(0))?;
+    tx.execute("INSERT OR IGNORE INTO repositories (upstream_id, name) VALUES (?1, ?2)", params![uid, repo])?;
+    tx.query_row("SELECT id FROM repositories WHERE upstream_id = ?1 AND name = ?2", params![uid, repo], |r| r.get(0))
 }
 
 #[cfg(test)]
@@ -372,30 +274,15 @@ mod tests {
                 blobs: vec![Digest::of(b"c")],
                 manifests: vec![],
             };
-            ix.put_manifest("docker.io", &repo, &d, 1, &info, 5)
-                .await
-                .unwrap();
-            ix.set_tag("docker.io", &repo, "3.19", &d, 10)
-                .await
-                .unwrap();
-            ix.set_tag("docker.io", &repo, "3.18", &d, 11)
-                .await
-                .unwrap();
+            ix.put_manifest("docker.io", &repo, &d, 1, &info, 5).await.unwrap();
+            ix.set_tag("docker.io", &repo, "3.19", &d, 10).await.unwrap();
+            ix.set_tag("docker.io", &repo, "3.18", &d, 11).await.unwrap();
             ix.put_blob(&Digest::of(b"c"), 1, 5).await.unwrap();
         }
         let ix = Index::open(&path).unwrap();
-        assert_eq!(
-            ix.tag("docker.io", &repo, "3.19").await.unwrap(),
-            Some(TagRow {
-                digest: d.clone(),
-                fetched_at: 10
-            })
-        );
+        assert_eq!(ix.tag("docker.io", &repo, "3.19").await.unwrap(), Some(TagRow { digest: d.clone(), fetched_at: 10 }));
         assert_eq!(ix.tag("ghcr.io", &repo, "3.19").await.unwrap(), None);
-        assert_eq!(
-            ix.tags("docker.io", &repo).await.unwrap(),
-            Some(vec!["3.18".into(), "3.19".into()])
-        );
+        assert_eq!(ix.tags("docker.io", &repo).await.unwrap(), Some(vec!["3.18".into(), "3.19".into()]));
         assert_eq!(ix.manifest(&d).await.unwrap().unwrap().size, 1);
         assert_eq!(ix.blob(&Digest::of(b"c")).await.unwrap(), Some(1));
         assert_eq!(ix.all_objects().await.unwrap().len(), 2);

@@ -35,17 +35,13 @@ pub enum MirrorError {
     Name(NameError),
     #[error("{what} {reference} is not known upstream")]
     Unknown { what: Object, reference: String },
-    #[error(
-        "the manifest is of type {media_type}, which the request's Accept header does not allow"
-    )]
+    #[error("the manifest is of type {media_type}, which the request's Accept header does not allow")]
     NotAcceptable { media_type: String },
     #[error("the mirror is offline and {what} {reference} is not cached")]
     Offline { what: Object, reference: String },
     #[error(transparent)]
     Upstream(UpstreamError),
-    #[error(
-        "the upstream sent content whose digest is {actual}, not {expected}; nothing was stored"
-    )]
+    #[error("the upstream sent content whose digest is {actual}, not {expected}; nothing was stored")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("the upstream sent an invalid manifest: {0}")]
     ManifestInvalid(String),
@@ -68,10 +64,7 @@ impl MirrorError {
     /// "unknown", everything else stays an upstream error.
     pub fn from_upstream(e: UpstreamError, what: Object, reference: &str) -> MirrorError {
         match e {
-            UpstreamError::NotFound(_) => MirrorError::Unknown {
-                what,
-                reference: reference.chars().take(200).collect(),
-            },
+            UpstreamError::NotFound(_) => MirrorError::Unknown { what, reference: reference.chars().take(200).collect() },
             e => MirrorError::Upstream(e),
         }
     }
@@ -95,10 +88,7 @@ pub trait ForObject {
 impl ForObject for Arc<MirrorError> {
     fn for_object(&self, what: Object, d: &Digest) -> MirrorError {
         match &**self {
-            MirrorError::Upstream(UpstreamError::NotFound(_)) => MirrorError::Unknown {
-                what,
-                reference: d.to_string(),
-            },
+            MirrorError::Upstream(UpstreamError::NotFound(_)) => MirrorError::Unknown { what, reference: d.to_string() },
             other => other.clone(),
         }
     }

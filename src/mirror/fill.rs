@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -71,6 +72,24 @@ impl Progress {
 pub struct Fill {
     file: Arc<File>,
     progress: watch::Receiver<Progress>,
+    /// Clients streaming from this fill right now.
+    readers: Arc<AtomicUsize>,
+}
+
+/// Counts a reader for as long as it lives.
+struct ReaderGuard(Arc<AtomicUsize>);
+
+impl ReaderGuard {
+    fn new(n: &Arc<AtomicUsize>) -> ReaderGuard {
+        n.fetch_add(1, Ordering::SeqCst);
+        ReaderGuard(n.clone())
+    }
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The fills in flight, by digest. Owned by the mirror.
@@ -90,11 +109,12 @@ pub struct FillContext {
 impl Fills {
     /// The fill in flight for `digest`, if any.
     pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        self.map
-            .lock()
-            .expect("fills lock: no panics while held")
-            .get(digest)
-            .cloned()
+        self.map.lock().expect("fills lock: no panics while held").get(digest).cloned()
+    }
+
+    /// How many clients stream from the fill for `digest` (`None`: no fill).
+    pub fn readers(&self, digest: &Digest) -> Option<usize> {
+        self.get(digest).map(|f| f.readers.load(Ordering::SeqCst))
     }
 
     /// Joins the fill for `digest`, or starts one. `stored` is re-checked
@@ -123,15 +143,8 @@ impl Fills {
         if ctx.store_has_sync(&digest) {
             return Ok(None);
         }
-        let (tx, rx) = watch::channel(Progress {
-            total: None,
-            written: 0,
-            state: FillState::Connecting,
-        });
-        let fill = Arc::new(Fill {
-            file: spool.file.clone(),
-            progress: rx,
-        });
+        let (tx, rx) = watch::channel(Progress { total: None, written: 0, state: FillState::Connecting });
+        let fill = Arc::new(Fill { file: spool.file.clone(), progress: rx, readers: Arc::new(AtomicUsize::new(0)) });
         map.insert(digest.clone(), fill.clone());
         drop(map);
         let fills = self.clone();
@@ -186,9 +199,7 @@ impl Fill {
                 let p = rx.borrow().clone();
                 return match p.state {
                     FillState::Failed(e) => Err(e),
-                    FillState::Connecting => Err(Arc::new(MirrorError::Internal(
-                        "blob download ended without a result".into(),
-                    ))),
+                    FillState::Connecting => Err(Arc::new(MirrorError::Internal("blob download ended without a result".into()))),
                     _ => Ok(p),
                 };
             }
@@ -208,9 +219,7 @@ impl Fill {
                 return Ok(s);
             }
             if rx.changed().await.is_err() {
-                return Err(Arc::new(MirrorError::Internal(
-                    "blob download ended without a size".into(),
-                )));
+                return Err(Arc::new(MirrorError::Internal("blob download ended without a size".into())));
             }
         }
     }
@@ -220,6 +229,7 @@ impl Fill {
     pub fn reader(&self, range: Option<Range<u64>>) -> ByteStream {
         let start = range.as_ref().map_or(0, |r| r.start);
         let st = ReaderState {
+            _guard: ReaderGuard::new(&self.readers),
             file: self.file.clone(),
             rx: self.progress.clone(),
             pos: start,
@@ -250,14 +260,9 @@ impl Fill {
                 if st.pos < avail {
                     let len = (avail - st.pos).min(CHUNK as u64) as usize;
                     let (f, pos) = (st.file.clone(), st.pos);
-                    let chunk = tokio::task::spawn_blocking(move || read_chunk(&f, pos, len))
-                        .await
-                        .map_err(io::Error::other)??;
+                    let chunk = tokio::task::spawn_blocking(move || read_chunk(&f, pos, len)).await.map_err(io::Error::other)??;
                     if chunk.is_empty() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "spool file shorter than its progress",
-                        ));
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spool file shorter than its progress"));
                     }
                     st.pos += chunk.len() as u64;
                     return Ok(Some((chunk, st)));
@@ -269,9 +274,7 @@ impl Fill {
                 if st.rx.changed().await.is_err() {
                     let p = st.rx.borrow().clone();
                     if !matches!(p.state, FillState::Verified) {
-                        return Err(io::Error::other(
-                            "blob download ended before the blob was complete",
-                        ));
+                        return Err(io::Error::other("blob download ended before the blob was complete"));
                     }
                 }
             }
@@ -280,6 +283,7 @@ impl Fill {
 }
 
 struct ReaderState {
+    _guard: ReaderGuard,
     file: Arc<File>,
     rx: watch::Receiver<Progress>,
     pos: u64,
@@ -315,11 +319,7 @@ async fn run(
     let net: Result<(), MirrorError> = loop {
         let body = match upstream.get_blob(repo, digest, received).await {
             Ok(b) => b,
-            Err(e)
-                if resumes < MAX_RESUMES
-                    && received > 0
-                    && matches!(e, UpstreamError::Unavailable(_)) =>
-            {
+            Err(e) if resumes < MAX_RESUMES && received > 0 && matches!(e, UpstreamError::Unavailable(_)) => {
                 resumes += 1;
                 tracing::info!(%digest, received, attempt = resumes, error = %e, "resuming blob download");
                 tokio::time::sleep(backoff(resumes)).await;
@@ -334,9 +334,7 @@ async fn run(
                 p.state = FillState::Streaming;
             });
         } else if body.total.is_some() && total.is_some() && body.total != total {
-            break Err(MirrorError::Upstream(UpstreamError::Invalid(
-                "blob size changed between resumes".into(),
-            )));
+            break Err(MirrorError::Upstream(UpstreamError::Invalid("blob size changed between resumes".into())));
         }
         let mut stream = body.stream;
         let mut broke: Option<UpstreamError> = None;
@@ -345,10 +343,8 @@ async fn run(
                 Ok(c) => {
                     received += c.len() as u64;
                     if total.is_some_and(|t| received > t) {
-                        broke = Some(UpstreamError::Invalid(format!(
-                            "upstream sent more than the {} bytes it announced",
-                            total.unwrap_or(0)
-                        )));
+                        broke =
+                            Some(UpstreamError::Invalid(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
                         break;
                     }
                     if chunks_tx.send(c).await.is_err() {
@@ -367,16 +363,9 @@ async fn run(
             None if chunks_tx.is_closed() => break Ok(()),
             None if total.is_none_or(|t| received == t) => break Ok(()),
             other => {
-                let e = other.unwrap_or_else(|| {
-                    UpstreamError::Unavailable(format!(
-                        "body ended at {received} of {:?} bytes",
-                        total
-                    ))
-                });
+                let e = other.unwrap_or_else(|| UpstreamError::Unavailable(format!("body ended at {received} of {:?} bytes", total)));
                 if resumes >= MAX_RESUMES {
-                    break Err(MirrorError::Upstream(UpstreamError::Unavailable(format!(
-                        "download broke {resumes} times; last: {e}"
-                    ))));
+                    break Err(MirrorError::Upstream(UpstreamError::Unavailable(format!("download broke {resumes} times; last: {e}"))));
                 }
                 resumes += 1;
                 tracing::info!(%digest, received, attempt = resumes, error = %e, "blob download broke; resuming");
@@ -385,27 +374,16 @@ async fn run(
         }
     };
     drop(chunks_tx);
-    let written = writer
-        .await
-        .map_err(|e| MirrorError::Internal(format!("blob writer panicked: {e}")))?;
+    let written = writer.await.map_err(|e| MirrorError::Internal(format!("blob writer panicked: {e}")))?;
     net?;
     let actual = written.map_err(MirrorError::store)?;
     if &actual != digest {
-        return Err(MirrorError::DigestMismatch {
-            expected: digest.clone(),
-            actual,
-        });
+        return Err(MirrorError::DigestMismatch { expected: digest.clone(), actual });
     }
     let size = received;
     progress.send_modify(|p| p.state = FillState::Verified);
-    ctx.store
-        .commit(spool, digest)
-        .await
-        .map_err(MirrorError::store)?;
-    ctx.index
-        .put_blob(digest, size, ctx.clock.now_ms())
-        .await
-        .map_err(MirrorError::from)?;
+    ctx.store.commit(spool, digest).await.map_err(MirrorError::store)?;
+    ctx.index.put_blob(digest, size, ctx.clock.now_ms()).await.map_err(MirrorError::from)?;
     Ok(size)
 }
 

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use fill::{FillContext, Fills};
 use moka::future::Cache;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
@@ -102,50 +103,48 @@ pub struct Mirror {
     /// Coalesces concurrent refreshes of one tag; entries live only while
     /// a refresh runs.
     tag_flights: Cache<TagKey, (Arc<Manifest>, Source)>,
+    /// Requests waiting on a tag refresh (their own or another's).
+    tag_waiters: AtomicUsize,
     fills: Arc<Fills>,
     fill_ctx: Arc<FillContext>,
     tasks: TaskTracker,
 }
 
 impl Mirror {
-    pub fn new(
-        config: &Config,
-        store: Arc<dyn Store>,
-        index: Index,
-        clock: Clock,
-    ) -> Result<Mirror, String> {
+    pub fn new(config: &Config, store: Arc<dyn Store>, index: Index, clock: Clock) -> Result<Mirror, String> {
         let upstreams = config
             .upstream
             .iter()
             .map(|u| {
-                Ok(UpstreamEntry {
-                    client: Arc::new(Upstream::new(u)?),
-                    tag_ttl: config.tag_ttl(u),
-                    docker_hub: u.name == "docker.io",
-                })
+                Ok(UpstreamEntry { client: Arc::new(Upstream::new(u)?), tag_ttl: config.tag_ttl(u), docker_hub: u.name == "docker.io" })
             })
             .collect::<Result<Vec<_>, String>>()?;
         let tasks = TaskTracker::new();
         Ok(Mirror {
             upstreams,
             offline: config.offline,
-            fill_ctx: Arc::new(FillContext {
-                store: store.clone(),
-                index: index.clone(),
-                clock: clock.clone(),
-                tasks: tasks.clone(),
-            }),
+            fill_ctx: Arc::new(FillContext { store: store.clone(), index: index.clone(), clock: clock.clone(), tasks: tasks.clone() }),
             index,
             store,
             clock,
-            manifests: Cache::builder()
-                .max_capacity(config.cache.memory_manifests)
-                .build(),
+            manifests: Cache::builder().max_capacity(config.cache.memory_manifests).build(),
             tags: Cache::builder().max_capacity(100_000).build(),
             tag_flights: Cache::builder().build(),
+            tag_waiters: AtomicUsize::new(0),
             fills: Arc::new(Fills::default()),
             tasks,
         })
+    }
+
+    /// Requests waiting right now on an upstream tag lookup.
+    pub fn tag_waiters(&self) -> usize {
+        self.tag_waiters.load(Ordering::SeqCst)
+    }
+
+    /// Clients streaming right now from the download of `digest`, or `None`
+    /// when it is not being downloaded.
+    pub fn fill_readers(&self, digest: &Digest) -> Option<usize> {
+        self.fills.readers(digest)
     }
 
     /// Waits for the downloads in flight to end.
@@ -167,22 +166,16 @@ impl Mirror {
                     .ok_or_else(|| MirrorError::UnknownRegistry(ns.chars().take(100).collect()))?,
                 raw_name,
             ),
-            None => match raw_name.split_once('/').and_then(|(first, rest)| {
-                self.upstreams
-                    .iter()
-                    .position(|u| u.client.name() == first)
-                    .map(|i| (i, rest))
-            }) {
+            None => match raw_name
+                .split_once('/')
+                .and_then(|(first, rest)| self.upstreams.iter().position(|u| u.client.name() == first).map(|i| (i, rest)))
+            {
                 Some(found) => found,
                 None => (0, raw_name),
             },
         };
         let repo = RepoName::parse(name).map_err(MirrorError::Name)?;
-        let repo = if self.upstreams[upstream].docker_hub {
-            repo.with_library_prefix()
-        } else {
-            repo
-        };
+        let repo = if self.upstreams[upstream].docker_hub { repo.with_library_prefix() } else { repo };
         Ok(Target { upstream, repo })
     }
 
@@ -192,21 +185,13 @@ impl Mirror {
     }
 
     fn offline_error(&self, t: &Target, what: Object, reference: String) -> MirrorError {
-        MirrorError::Offline {
-            what,
-            reference: format!("{}/{}@{}", self.registry(t), t.repo, reference),
-        }
+        MirrorError::Offline { what, reference: format!("{}/{}@{}", self.registry(t), t.repo, reference) }
     }
 
     // ---- manifests ----
 
     /// A manifest by tag or digest.
-    pub async fn manifest(
-        &self,
-        t: &Target,
-        reference: &Reference,
-        accept: &[String],
-    ) -> Result<ManifestAnswer, MirrorError> {
+    pub async fn manifest(&self, t: &Target, reference: &Reference, accept: &[String]) -> Result<ManifestAnswer, MirrorError> {
         match reference {
             Reference::Digest(d) => self.manifest_by_digest(t, d, accept).await,
             Reference::Tag(tag) => self.manifest_by_tag(t, tag, accept).await,
@@ -221,57 +206,33 @@ impl Mirror {
         let Some(row) = self.index.manifest(d).await? else {
             return Ok(None);
         };
-        let Some(bytes) = self
-            .store
-            .read_small(d, MAX_MANIFEST_SIZE)
-            .await
-            .map_err(MirrorError::store)?
-        else {
+        let Some(bytes) = self.store.read_small(d, MAX_MANIFEST_SIZE).await.map_err(MirrorError::store)? else {
             tracing::warn!(digest = %d, "manifest is in the index but not in the store; fetching it again");
             return Ok(None);
         };
-        let m = Arc::new(Manifest {
-            digest: d.clone(),
-            media_type: row.media_type,
-            bytes,
-        });
+        let m = Arc::new(Manifest { digest: d.clone(), media_type: row.media_type, bytes });
         self.manifests.insert(d.clone(), m.clone()).await;
         Ok(Some(m))
     }
 
-    async fn manifest_by_digest(
-        &self,
-        t: &Target,
-        d: &Digest,
-        accept: &[String],
-    ) -> Result<ManifestAnswer, MirrorError> {
+    async fn manifest_by_digest(&self, t: &Target, d: &Digest, accept: &[String]) -> Result<ManifestAnswer, MirrorError> {
         let (m, source) = match self.local_manifest(d).await? {
             Some(m) => (m, Source::Hit),
-            None if self.offline => {
-                return Err(self.offline_error(t, Object::Manifest, d.to_string()))
-            }
+            None if self.offline => return Err(self.offline_error(t, Object::Manifest, d.to_string())),
             None => {
                 let up = self.upstreams[t.upstream].client.clone();
                 let m = self
                     .manifests
-                    .try_get_with(
-                        d.clone(),
-                        self.fetch_manifest(&up, &t.repo, &d.to_string(), accept, Some(d)),
-                    )
+                    .try_get_with(d.clone(), self.fetch_manifest(&up, &t.repo, &d.to_string(), accept, Some(d)))
                     .await
                     .map_err(|e| (*e).clone())?;
                 (m, Source::Miss)
             }
         };
         if !accepts(accept, &m.media_type) {
-            return Err(MirrorError::NotAcceptable {
-                media_type: m.media_type.clone(),
-            });
+            return Err(MirrorError::NotAcceptable { media_type: m.media_type.clone() });
         }
-        Ok(ManifestAnswer {
-            manifest: m,
-            source,
-        })
+        Ok(ManifestAnswer { manifest: m, source })
     }
 
     /// Fetches, verifies, stores and indexes a manifest.
@@ -283,40 +244,17 @@ impl Mirror {
         accept: &[String],
         expect: Option<&Digest>,
     ) -> Result<Arc<Manifest>, MirrorError> {
-        let fm = up
-            .get_manifest(repo, reference, accept)
-            .await
-            .map_err(|e| MirrorError::from_upstream(e, Object::Manifest, reference))?;
+        let fm = up.get_manifest(repo, reference, accept).await.map_err(|e| MirrorError::from_upstream(e, Object::Manifest, reference))?;
         let digest = Digest::of(&fm.bytes);
         if let Some(expected) = expect.or(fm.digest.as_ref()) {
             if expected != &digest {
-                return Err(MirrorError::DigestMismatch {
-                    expected: expected.clone(),
-                    actual: digest,
-                });
+                return Err(MirrorError::DigestMismatch { expected: expected.clone(), actual: digest });
             }
         }
-        let info =
-            parse_manifest(&fm.bytes, &fm.media_type).map_err(MirrorError::ManifestInvalid)?;
-        self.store
-            .put(&digest, fm.bytes.clone())
-            .await
-            .map_err(MirrorError::store)?;
-        self.index
-            .put_manifest(
-                up.name(),
-                repo,
-                &digest,
-                fm.bytes.len() as u64,
-                &info,
-                self.clock.now_ms(),
-            )
-            .await?;
-        let m = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type: info.media_type,
-            bytes: fm.bytes,
-        });
+        let info = parse_manifest(&fm.bytes, &fm.media_type).map_err(MirrorError::ManifestInvalid)?;
+        self.store.put(&digest, fm.bytes.clone()).await.map_err(MirrorError::store)?;
+        self.index.put_manifest(up.name(), repo, &digest, fm.bytes.len() as u64, &info, self.clock.now_ms()).await?;
+        let m = Arc::new(Manifest { digest: digest.clone(), media_type: info.media_type, bytes: fm.bytes });
         self.manifests.insert(digest, m.clone()).await;
         Ok(m)
     }
@@ -325,10 +263,7 @@ impl Mirror {
         if let Some(r) = self.tags.get(key).await {
             return Ok(Some(r));
         }
-        let row = self
-            .index
-            .tag(self.upstreams[key.0].client.name(), &key.1, key.2.as_str())
-            .await?;
+        let row = self.index.tag(self.upstreams[key.0].client.name(), &key.1, key.2.as_str()).await?;
         if let Some(r) = &row {
             self.tags.insert(key.clone(), r.clone()).await;
         }
@@ -337,33 +272,12 @@ impl Mirror {
 
     async fn set_tag(&self, key: &TagKey, d: &Digest) -> Result<(), MirrorError> {
         let now = self.clock.now_ms();
-        self.index
-            .set_tag(
-                self.upstreams[key.0].client.name(),
-                &key.1,
-                key.2.as_str(),
-                d,
-                now,
-            )
-            .await?;
-        self.tags
-            .insert(
-                key.clone(),
-                TagRow {
-                    digest: d.clone(),
-                    fetched_at: now,
-                },
-            )
-            .await;
+        self.index.set_tag(self.upstreams[key.0].client.name(), &key.1, key.2.as_str(), d, now).await?;
+        self.tags.insert(key.clone(), TagRow { digest: d.clone(), fetched_at: now }).await;
         Ok(())
     }
 
-    async fn manifest_by_tag(
-        &self,
-        t: &Target,
-        tag: &Tag,
-        accept: &[String],
-    ) -> Result<ManifestAnswer, MirrorError> {
+    async fn manifest_by_tag(&self, t: &Target, tag: &Tag, accept: &[String]) -> Result<ManifestAnswer, MirrorError> {
         let entry = &self.upstreams[t.upstream];
         let key: TagKey = (t.upstream, t.repo.clone(), tag.clone());
         let row = self.tag_row(&key).await?;
@@ -372,10 +286,7 @@ impl Mirror {
             if self.offline || age < entry.tag_ttl.as_millis() as i64 {
                 if let Some(m) = self.local_manifest(&row.digest).await? {
                     if accepts(accept, &m.media_type) {
-                        return Ok(ManifestAnswer {
-                            manifest: m,
-                            source: Source::Hit,
-                        });
+                        return Ok(ManifestAnswer { manifest: m, source: Source::Hit });
                     }
                 }
             }
@@ -383,35 +294,23 @@ impl Mirror {
         if self.offline {
             return Err(self.offline_error(t, Object::Manifest, tag.to_string()));
         }
-        let refreshed = self
-            .tag_flights
-            .try_get_with(key.clone(), self.refresh_tag(&key, row.clone(), accept))
-            .await;
+        self.tag_waiters.fetch_add(1, Ordering::SeqCst);
+        let refreshed = self.tag_flights.try_get_with(key.clone(), self.refresh_tag(&key, row.clone(), accept)).await;
+        self.tag_waiters.fetch_sub(1, Ordering::SeqCst);
         self.tag_flights.invalidate(&key).await;
         match refreshed {
-            Ok((m, source)) if accepts(accept, &m.media_type) => Ok(ManifestAnswer {
-                manifest: m,
-                source,
-            }),
+            Ok((m, source)) if accepts(accept, &m.media_type) => Ok(ManifestAnswer { manifest: m, source }),
             Ok(_) => {
                 // Another client's refresh got a type this one does not
                 // accept: ask for this client's types, leave the tag alone.
-                let m = self
-                    .fetch_manifest(&entry.client, &t.repo, tag.as_str(), accept, None)
-                    .await?;
-                Ok(ManifestAnswer {
-                    manifest: m,
-                    source: Source::Miss,
-                })
+                let m = self.fetch_manifest(&entry.client, &t.repo, tag.as_str(), accept, None).await?;
+                Ok(ManifestAnswer { manifest: m, source: Source::Miss })
             }
             Err(e) if e.is_outage() => {
                 if let Some(row) = &row {
                     if let Some(m) = self.local_manifest(&row.digest).await? {
                         tracing::warn!(registry = self.registry(t), repo = %t.repo, %tag, error = %e, "upstream unavailable; serving the cached tag stale");
-                        return Ok(ManifestAnswer {
-                            manifest: m,
-                            source: Source::Stale,
-                        });
+                        return Ok(ManifestAnswer { manifest: m, source: Source::Stale });
                     }
                 }
                 Err((*e).clone())
@@ -422,20 +321,12 @@ impl Mirror {
 
     /// Revalidates a stale tag with a `HEAD` (free on Docker Hub), or
     /// fetches it when it is new or has moved.
-    async fn refresh_tag(
-        &self,
-        key: &TagKey,
-        row: Option<TagRow>,
-        accept: &[String],
-    ) -> Result<(Arc<Manifest>, Source), MirrorError> {
+    async fn refresh_tag(&self, key: &TagKey, row: Option<TagRow>, accept: &[String]) -> Result<(Arc<Manifest>, Source), MirrorError> {
         let up = &self.upstreams[key.0].client;
         let tag = key.2.as_str();
         if let Some(row) = row {
             if let Some(m) = self.local_manifest(&row.digest).await? {
-                let head = up
-                    .head_manifest(&key.1, tag, accept)
-                    .await
-                    .map_err(|e| MirrorError::from_upstream(e, Object::Manifest, tag))?;
+                let head = up.head_manifest(&key.1, tag, accept).await.map_err(|e| MirrorError::from_upstream(e, Object::Manifest, tag))?;
                 if head.digest.as_ref() == Some(&row.digest) {
                     self.set_tag(key, &row.digest).await?;
                     return Ok((m, Source::Hit));
@@ -450,13 +341,7 @@ impl Mirror {
     // ---- blobs ----
 
     /// A blob, or a range of it; `head` answers without a body.
-    pub async fn blob(
-        &self,
-        t: &Target,
-        d: &Digest,
-        range: Option<ByteRange>,
-        head: bool,
-    ) -> Result<BlobAnswer, MirrorError> {
+    pub async fn blob(&self, t: &Target, d: &Digest, range: Option<ByteRange>, head: bool) -> Result<BlobAnswer, MirrorError> {
         if let Some(a) = self.stored_blob(d, range, head).await? {
             return Ok(a);
         }
@@ -466,60 +351,33 @@ impl Mirror {
         let up = self.upstreams[t.upstream].client.clone();
         if head && self.fills.get(d).is_none() {
             // Not worth a download: the client may never ask for the body.
-            let size = up
-                .head_blob(&t.repo, d)
-                .await
-                .map_err(|e| MirrorError::from_upstream(e, Object::Blob, &d.to_string()))?;
+            let size = up.head_blob(&t.repo, d).await.map_err(|e| MirrorError::from_upstream(e, Object::Blob, &d.to_string()))?;
             let r = match (range, size) {
                 (Some(r), Some(s)) => Some(r.resolve(s)?),
                 _ => None,
             };
-            return Ok(BlobAnswer {
-                size,
-                range: r,
-                body: None,
-                source: Source::Miss,
-            });
+            return Ok(BlobAnswer { size, range: r, body: None, source: Source::Miss });
         }
-        let Some(fill) = self
-            .fills
-            .join_or_start(&self.fill_ctx, up, t.repo.clone(), d.clone())
-            .await?
-        else {
+        let Some(fill) = self.fills.join_or_start(&self.fill_ctx, up, t.repo.clone(), d.clone()).await? else {
             // Stored between our two looks.
-            return self.stored_blob(d, range, head).await?.ok_or_else(|| {
-                MirrorError::Internal("blob vanished right after it was stored".into())
-            });
+            return self
+                .stored_blob(d, range, head)
+                .await?
+                .ok_or_else(|| MirrorError::Internal("blob vanished right after it was stored".into()));
         };
-        let started = fill
-            .started()
-            .await
-            .map_err(|e| e.for_object(Object::Blob, d))?;
+        let started = fill.started().await.map_err(|e| e.for_object(Object::Blob, d))?;
         let (size, r) = match range {
             None => (started.size(), None),
             Some(r) => {
-                let size = fill
-                    .sized()
-                    .await
-                    .map_err(|e| e.for_object(Object::Blob, d))?;
+                let size = fill.sized().await.map_err(|e| e.for_object(Object::Blob, d))?;
                 (Some(size), Some(r.resolve(size)?))
             }
         };
         let body = (!head).then(|| fill.reader(r.clone()));
-        Ok(BlobAnswer {
-            size,
-            range: r,
-            body,
-            source: Source::Miss,
-        })
+        Ok(BlobAnswer { size, range: r, body, source: Source::Miss })
     }
 
-    async fn stored_blob(
-        &self,
-        d: &Digest,
-        range: Option<ByteRange>,
-        head: bool,
-    ) -> Result<Option<BlobAnswer>, MirrorError> {
+    async fn stored_blob(&self, d: &Digest, range: Option<ByteRange>, head: bool) -> Result<Option<BlobAnswer>, MirrorError> {
         let Some(size) = self.store.stat(d).await.map_err(MirrorError::store)? else {
             return Ok(None);
         };
@@ -527,22 +385,12 @@ impl Mirror {
         let body = if head {
             None
         } else {
-            match self
-                .store
-                .read(d, r.clone().unwrap_or(0..size))
-                .await
-                .map_err(MirrorError::store)?
-            {
+            match self.store.read(d, r.clone().unwrap_or(0..size)).await.map_err(MirrorError::store)? {
                 Some(b) => Some(b),
                 None => return Ok(None),
             }
         };
-        Ok(Some(BlobAnswer {
-            size: Some(size),
-            range: r,
-            body,
-            source: Source::Hit,
-        }))
+        Ok(Some(BlobAnswer { size: Some(size), range: r, body, source: Source::Hit }))
     }
 
     // ---- tags ----
@@ -555,24 +403,11 @@ impl Mirror {
             match self.upstreams[t.upstream].client.tags(&t.repo).await {
                 Ok(tags) => return Ok((tags, Source::Miss)),
                 Err(e) if e.is_outage() => outage = Some(e),
-                Err(e) => {
-                    return Err(MirrorError::from_upstream(
-                        e,
-                        Object::Repository,
-                        t.repo.as_str(),
-                    ))
-                }
+                Err(e) => return Err(MirrorError::from_upstream(e, Object::Repository, t.repo.as_str())),
             }
         }
         match self.index.tags(self.registry(t), &t.repo).await? {
-            Some(tags) => Ok((
-                tags,
-                if self.offline {
-                    Source::Hit
-                } else {
-                    Source::Stale
-                },
-            )),
+            Some(tags) => Ok((tags, if self.offline { Source::Hit } else { Source::Stale })),
             None => Err(match outage {
                 Some(e) => MirrorError::from_upstream(e, Object::Repository, t.repo.as_str()),
                 None => self.offline_error(t, Object::Repository, "tags".into()),

@@ -34,17 +34,11 @@ mod tests {
 
     #[test]
     fn protocol_examples() {
-        assert_eq!(
-            ByteRange::FromTo(500, 1499).resolve(2048).unwrap(),
-            500..1500
-        );
+        assert_eq!(ByteRange::FromTo(500, 1499).resolve(2048).unwrap(), 500..1500);
         assert_eq!(ByteRange::From(500).resolve(2048).unwrap(), 500..2048);
         assert_eq!(ByteRange::Suffix(500).resolve(2048).unwrap(), 1548..2048);
         assert_eq!(ByteRange::Suffix(5000).resolve(2048).unwrap(), 0..2048);
-        assert_eq!(
-            ByteRange::FromTo(2000, 5000).resolve(2048).unwrap(),
-            2000..2048
-        );
+        assert_eq!(ByteRange::FromTo(2000, 5000).resolve(2048).unwrap(), 2000..2048);
         assert!(ByteRange::FromTo(500, 0).resolve(2048).is_err());
         assert!(ByteRange::FromTo(5000, 10000).resolve(2048).is_err());
         assert!(ByteRange::Suffix(0).resolve(2048).is_err());

@@ -25,9 +25,7 @@ pub enum DigestError {
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest {
-            hex: hex::encode(Sha256::digest(bytes)),
-        }
+        Digest { hex: hex::encode(Sha256::digest(bytes)) }
     }
 
     /// The 64 lowercase hex characters.
@@ -37,10 +35,7 @@ impl Digest {
 
     /// A verifier that hashes bytes as they stream by.
     pub fn verifier() -> DigestVerifier {
-        DigestVerifier {
-            hasher: Sha256::new(),
-            len: 0,
-        }
+        DigestVerifier { hasher: Sha256::new(), len: 0 }
     }
 }
 
@@ -48,34 +43,17 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (alg, enc) = s
-            .split_once(':')
-            .ok_or_else(|| DigestError::Malformed(truncate(s)))?;
+        let (alg, enc) = s.split_once(':').ok_or_else(|| DigestError::Malformed(truncate(s)))?;
         // Grammar from the OCI image spec: algorithm-component [+._-] ...
         let alg_ok = !alg.is_empty()
-            && alg.split(['+', '.', '_', '-']).all(|c| {
-                !c.is_empty()
-                    && c.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            });
-        let enc_ok = !enc.is_empty()
-            && enc.len() <= 1024
-            && enc
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
+            && alg.split(['+', '.', '_', '-']).all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        let enc_ok = !enc.is_empty() && enc.len() <= 1024 && enc.bytes().all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
         if !alg_ok || !enc_ok {
             return Err(DigestError::Malformed(truncate(s)));
         }
         match alg {
-            "sha256"
-                if enc.len() == 64
-                    && enc
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-            {
-                Ok(Digest {
-                    hex: enc.to_owned(),
-                })
+            "sha256" if enc.len() == 64 && enc.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+                Ok(Digest { hex: enc.to_owned() })
             }
             "sha256" => Err(DigestError::Malformed(truncate(s))),
             other => Err(DigestError::UnsupportedAlgorithm(other.to_owned())),
@@ -121,9 +99,7 @@ impl DigestVerifier {
     }
 
     pub fn finish(self) -> Digest {
-        Digest {
-            hex: hex::encode(self.hasher.finalize()),
-        }
+        Digest { hex: hex::encode(self.hasher.finalize()) }
     }
 }
 
@@ -133,9 +109,7 @@ mod tests {
 
     #[test]
     fn parses_and_refuses() {
-        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-            .parse()
-            .unwrap();
+        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
         assert_eq!(d, Digest::of(b""));
         for bad in [
             "",
@@ -147,15 +121,9 @@ mod tests {
             "SHA256:00",
             ":00",
         ] {
-            assert!(
-                matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))),
-                "{bad}"
-            );
+            assert!(matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))), "{bad}");
         }
-        assert_eq!(
-            "sha512:abcd".parse::<Digest>(),
-            Err(DigestError::UnsupportedAlgorithm("sha512".into()))
-        );
+        assert_eq!("sha512:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm("sha512".into())));
     }
 
     #[test]

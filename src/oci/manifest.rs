@@ -49,24 +49,12 @@ struct Raw {
 /// `Content-Type` said; the JSON's own `mediaType` is used when the header is
 /// absent or generic. Errors name what is wrong, for a `MANIFEST_INVALID`.
 pub fn parse_manifest(bytes: &[u8], media_type: &str) -> Result<ManifestInfo, String> {
-    let raw: Raw =
-        serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
     if raw.schema_version != Some(2) {
-        return Err(format!(
-            "unsupported manifest schemaVersion {:?} (only 2; schema 1 is deprecated)",
-            raw.schema_version
-        ));
+        return Err(format!("unsupported manifest schemaVersion {:?} (only 2; schema 1 is deprecated)", raw.schema_version));
     }
-    let mt = if is_manifest_type(media_type) {
-        media_type
-    } else {
-        raw.media_type.as_deref().unwrap_or("")
-    };
-    let digest = |d: Descriptor| {
-        d.digest
-            .parse::<Digest>()
-            .map_err(|e| format!("manifest references an invalid digest: {e}"))
-    };
+    let mt = if is_manifest_type(media_type) { media_type } else { raw.media_type.as_deref().unwrap_or("") };
+    let digest = |d: Descriptor| d.digest.parse::<Digest>().map_err(|e| format!("manifest references an invalid digest: {e}"));
     let mt = if mt.is_empty() {
         if raw.manifests.is_some() {
             OCI_INDEX
@@ -83,42 +71,21 @@ pub fn parse_manifest(bytes: &[u8], media_type: &str) -> Result<ManifestInfo, St
         _ => raw.manifests.is_some(),
     };
     if index {
-        let manifests = raw
-            .manifests
-            .unwrap_or_default()
-            .into_iter()
-            .map(digest)
-            .collect::<Result<_, _>>()?;
-        Ok(ManifestInfo {
-            kind: ManifestKind::Index,
-            media_type: mt.to_owned(),
-            blobs: Vec::new(),
-            manifests,
-        })
+        let manifests = raw.manifests.unwrap_or_default().into_iter().map(digest).collect::<Result<_, _>>()?;
+        Ok(ManifestInfo { kind: ManifestKind::Index, media_type: mt.to_owned(), blobs: Vec::new(), manifests })
     } else {
         let config = raw.config.ok_or("image manifest has no config")?;
         let mut blobs = vec![digest(config)?];
         for l in raw.layers {
             blobs.push(digest(l)?);
         }
-        Ok(ManifestInfo {
-            kind: ManifestKind::Image,
-            media_type: mt.to_owned(),
-            blobs,
-            manifests: Vec::new(),
-        })
+        Ok(ManifestInfo { kind: ManifestKind::Image, media_type: mt.to_owned(), blobs, manifests: Vec::new() })
     }
 }
 
 /// Whether `media_type` is one of the four manifest types a mirror serves.
 pub fn is_manifest_type(media_type: &str) -> bool {
-    [
-        OCI_INDEX,
-        OCI_MANIFEST,
-        DOCKER_MANIFEST_LIST,
-        DOCKER_MANIFEST_V2,
-    ]
-    .contains(&media_type)
+    [OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2].contains(&media_type)
 }
 
 /// Whether a client whose Accept values are `accept` (each value may be a
@@ -130,9 +97,7 @@ pub fn accepts(accept: &[String], media_type: &str) -> bool {
     }
     accept.iter().flat_map(|v| v.split(',')).any(|item| {
         let t = item.split(';').next().unwrap_or("").trim();
-        t == "*/*"
-            || t.eq_ignore_ascii_case(media_type)
-            || (t == "application/*" && media_type.starts_with("application/"))
+        t == "*/*" || t.eq_ignore_ascii_case(media_type) || (t == "application/*" && media_type.starts_with("application/"))
     })
 }
 
@@ -145,15 +110,12 @@ mod tests {
 
     #[test]
     fn image_and_index() {
-        let img = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{D1}"}},"layers":[{{"digest":"{D2}"}}]}}"#
-        );
+        let img =
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{D1}"}},"layers":[{{"digest":"{D2}"}}]}}"#);
         let info = parse_manifest(img.as_bytes(), OCI_MANIFEST).unwrap();
         assert_eq!(info.kind, ManifestKind::Image);
         assert_eq!(info.blobs.len(), 2);
-        let idx = format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"digest":"{D1}"}},{{"digest":"{D2}"}}]}}"#
-        );
+        let idx = format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{D1}"}},{{"digest":"{D2}"}}]}}"#);
         let info = parse_manifest(idx.as_bytes(), "application/json").unwrap();
         assert_eq!(info.kind, ManifestKind::Index);
         assert_eq!(info.manifests.len(), 2);
@@ -166,9 +128,7 @@ mod tests {
     #[test]
     fn accept_lists() {
         assert!(accepts(&[], OCI_INDEX));
-        let containerd = vec![format!(
-            "{DOCKER_MANIFEST_V2}, {DOCKER_MANIFEST_LIST}, {OCI_MANIFEST}, {OCI_INDEX}, */*"
-        )];
+        let containerd = vec![format!("{DOCKER_MANIFEST_V2}, {DOCKER_MANIFEST_LIST}, {OCI_MANIFEST}, {OCI_INDEX}, */*")];
         assert!(accepts(&containerd, "anything/else"));
         let schema2 = vec![DOCKER_MANIFEST_V2.to_string()];
         assert!(accepts(&schema2, DOCKER_MANIFEST_V2));

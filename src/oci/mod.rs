@@ -24,9 +24,4 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// The Accept list sent upstream when a client sends none: every manifest
 /// type a current client can use, so the upstream never falls back to schema 1.
-pub const DEFAULT_ACCEPT: [&str; 4] = [
-    OCI_INDEX,
-    OCI_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    DOCKER_MANIFEST_V2,
-];
+pub const DEFAULT_ACCEPT: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2];

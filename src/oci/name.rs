@@ -103,8 +103,7 @@ impl Tag {
         let ok = !b.is_empty()
             && b.len() <= 128
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter()
-                .all(|&x| x.is_ascii_alphanumeric() || b"_.-".contains(&x));
+            && b.iter().all(|&x| x.is_ascii_alphanumeric() || b"_.-".contains(&x));
         if ok {
             Ok(Tag(s.to_owned()))
         } else {
@@ -163,17 +162,7 @@ mod tests {
 
     #[test]
     fn repo_names() {
-        for ok in [
-            "alpine",
-            "library/alpine",
-            "a/b/c",
-            "my-org/my_app",
-            "a__b",
-            "a---b",
-            "a.b",
-            "ghcr.io/org/x",
-            "0",
-        ] {
+        for ok in ["alpine", "library/alpine", "a/b/c", "my-org/my_app", "a__b", "a---b", "a.b", "ghcr.io/org/x", "0"] {
             assert!(RepoName::parse(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -199,20 +188,8 @@ mod tests {
         ] {
             assert!(RepoName::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            RepoName::parse("alpine")
-                .unwrap()
-                .with_library_prefix()
-                .as_str(),
-            "library/alpine"
-        );
-        assert_eq!(
-            RepoName::parse("a/b")
-                .unwrap()
-                .with_library_prefix()
-                .as_str(),
-            "a/b"
-        );
+        assert_eq!(RepoName::parse("alpine").unwrap().with_library_prefix().as_str(), "library/alpine");
+        assert_eq!(RepoName::parse("a/b").unwrap().with_library_prefix().as_str(), "a/b");
     }
 
     #[test]
@@ -224,9 +201,6 @@ mod tests {
             assert!(Tag::parse(bad).is_err(), "{bad:?}");
         }
         assert!(matches!(Reference::parse("3.19"), Ok(Reference::Tag(_))));
-        assert!(matches!(
-            Reference::parse("sha256:xyz"),
-            Err(NameError::Digest(_))
-        ));
+        assert!(matches!(Reference::parse("sha256:xyz"), Err(NameError::Digest(_))));
     }
 }

@@ -24,12 +24,8 @@ pub struct FsStore {
     next_temp: AtomicU64,
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(io::Error::other)?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
 fn not_found_as_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
@@ -45,10 +41,7 @@ impl FsStore {
     pub fn open(root: &Path) -> io::Result<FsStore> {
         fs::create_dir_all(root.join("blobs/sha256"))?;
         fs::create_dir_all(root.join("tmp"))?;
-        Ok(FsStore {
-            root: root.to_owned(),
-            next_temp: AtomicU64::new(0),
-        })
+        Ok(FsStore { root: root.to_owned(), next_temp: AtomicU64::new(0) })
     }
 
     /// The one place a path is made from a digest. A [`Digest`] is always
@@ -60,26 +53,14 @@ impl FsStore {
 
     fn temp_path(&self) -> PathBuf {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        self.root
-            .join("tmp")
-            .join(format!("{}-{nanos}-{n}.spool", std::process::id()))
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        self.root.join("tmp").join(format!("{}-{nanos}-{n}.spool", std::process::id()))
     }
 
     fn new_spool(&self) -> io::Result<Spool> {
         let path = self.temp_path();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(Spool {
-            file: Arc::new(file),
-            path,
-        })
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok(Spool { file: Arc::new(file), path })
     }
 
     /// fsync the spool, rename it to its final path and fsync the directory,
@@ -96,9 +77,7 @@ impl FsStore {
 impl Store for FsStore {
     fn stat(&self, d: &Digest) -> BoxFuture<'_, io::Result<Option<u64>>> {
         let p = self.path(d);
-        Box::pin(blocking(move || {
-            not_found_as_none(fs::metadata(p).map(|m| m.len()))
-        }))
+        Box::pin(blocking(move || not_found_as_none(fs::metadata(p).map(|m| m.len()))))
     }
 
     fn read(&self, d: &Digest, range: Range<u64>) -> BoxFuture<'_, io::Result<Option<ByteStream>>> {
@@ -128,10 +107,7 @@ impl Store for FsStore {
             if meta.len() > limit as u64 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!(
-                        "stored object is {} bytes, over the {limit} limit",
-                        meta.len()
-                    ),
+                    format!("stored object is {} bytes, over the {limit} limit", meta.len()),
                 ));
             }
             not_found_as_none(fs::read(&p).map(Bytes::from))
@@ -162,9 +138,7 @@ impl Store for FsStore {
 
     fn delete(&self, d: &Digest) -> BoxFuture<'_, io::Result<()>> {
         let p = self.path(d);
-        Box::pin(blocking(move || {
-            not_found_as_none(fs::remove_file(p)).map(|_| ())
-        }))
+        Box::pin(blocking(move || not_found_as_none(fs::remove_file(p)).map(|_| ())))
     }
 
     fn sweep_temp(&self) -> BoxFuture<'_, io::Result<usize>> {
@@ -198,10 +172,7 @@ impl Store for FsStore {
                 for e in fs::read_dir(sub.path())? {
                     let e = e?;
                     let name = e.file_name();
-                    let Some(d) = name
-                        .to_str()
-                        .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok())
-                    else {
+                    let Some(d) = name.to_str().and_then(|n| format!("sha256:{n}").parse::<Digest>().ok()) else {
                         continue;
                     };
                     out.push((d, e.metadata()?.len()));
@@ -225,19 +196,9 @@ mod tests {
         assert_eq!(s.stat(&d).await.unwrap(), None);
         s.put(&d, Bytes::from_static(b"hello")).await.unwrap();
         assert_eq!(s.stat(&d).await.unwrap(), Some(5));
-        let got: Vec<Bytes> = s
-            .read(&d, 1..4)
-            .await
-            .unwrap()
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let got: Vec<Bytes> = s.read(&d, 1..4).await.unwrap().unwrap().try_collect().await.unwrap();
         assert_eq!(got.concat(), b"ell");
-        assert_eq!(
-            s.read_small(&d, 10).await.unwrap().unwrap(),
-            Bytes::from_static(b"hello")
-        );
+        assert_eq!(s.read_small(&d, 10).await.unwrap().unwrap(), Bytes::from_static(b"hello"));
         assert!(s.read_small(&d, 2).await.is_err());
         let spool = s.spool().await.unwrap();
         let tmp = spool.path.clone();

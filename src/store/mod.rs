@@ -51,14 +51,9 @@ pub trait Store: Send + Sync + 'static {
     /// The size of the stored object, or `None` when it is not stored.
     fn stat(&self, digest: &Digest) -> BoxFuture<'_, io::Result<Option<u64>>>;
     /// A stream of `range` of the object (clamped to its size), or `None`.
-    fn read(
-        &self,
-        digest: &Digest,
-        range: Range<u64>,
-    ) -> BoxFuture<'_, io::Result<Option<ByteStream>>>;
+    fn read(&self, digest: &Digest, range: Range<u64>) -> BoxFuture<'_, io::Result<Option<ByteStream>>>;
     /// The whole object if it is at most `limit` bytes (manifests).
-    fn read_small(&self, digest: &Digest, limit: usize)
-        -> BoxFuture<'_, io::Result<Option<Bytes>>>;
+    fn read_small(&self, digest: &Digest, limit: usize) -> BoxFuture<'_, io::Result<Option<Bytes>>>;
     /// Stores bytes the caller has verified to have this digest.
     fn put(&self, digest: &Digest, bytes: Bytes) -> BoxFuture<'_, io::Result<()>>;
     /// A new temp file to download into.
@@ -98,28 +93,20 @@ pub fn read_chunk(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
 /// A stream of `range` of an open file, read in [`CHUNK`]s on the blocking
 /// pool. The file must hold at least `range.end` bytes.
 pub fn file_stream(file: Arc<File>, range: Range<u64>) -> ByteStream {
-    Box::pin(futures_util::stream::try_unfold(
-        (file, range.start),
-        move |(file, pos)| {
-            let end = range.end;
-            async move {
-                if pos >= end {
-                    return Ok(None);
-                }
-                let len = (end - pos).min(CHUNK as u64) as usize;
-                let f = file.clone();
-                let chunk = tokio::task::spawn_blocking(move || read_chunk(&f, pos, len))
-                    .await
-                    .map_err(io::Error::other)??;
-                if chunk.is_empty() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "blob file is shorter than recorded",
-                    ));
-                }
-                let next = pos + chunk.len() as u64;
-                Ok(Some((chunk, (file, next))))
+    Box::pin(futures_util::stream::try_unfold((file, range.start), move |(file, pos)| {
+        let end = range.end;
+        async move {
+            if pos >= end {
+                return Ok(None);
             }
-        },
-    ))
+            let len = (end - pos).min(CHUNK as u64) as usize;
+            let f = file.clone();
+            let chunk = tokio::task::spawn_blocking(move || read_chunk(&f, pos, len)).await.map_err(io::Error::other)??;
+            if chunk.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob file is shorter than recorded"));
+            }
+            let next = pos + chunk.len() as u64;
+            Ok(Some((chunk, (file, next))))
+        }
+    }))
 }

@@ -12,10 +12,7 @@ use crate::config::UpstreamConfig;
 use crate::oci::{Digest, RepoName, DEFAULT_ACCEPT, MAX_MANIFEST_SIZE};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, RANGE, RETRY_AFTER,
-    WWW_AUTHENTICATE,
-};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -40,10 +37,7 @@ impl UpstreamError {
     /// Whether the upstream could not answer at all (so a stale cached
     /// answer is better than an error).
     pub fn is_outage(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Unavailable(_) | UpstreamError::RateLimited { .. }
-        )
+        matches!(self, UpstreamError::Unavailable(_) | UpstreamError::RateLimited { .. })
     }
 }
 
@@ -139,57 +133,31 @@ impl Upstream {
 
     /// Sends a request for `repo`, authenticating as the upstream asks, and
     /// returns a response with a 2xx status (or 404/416 mapped to errors).
-    async fn send(
-        &self,
-        method: Method,
-        repo: &RepoName,
-        path: &str,
-        headers: HeaderMap,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        if let Some(until) = *self
-            .backoff_until
-            .lock()
-            .expect("backoff lock is never poisoned: no panics under it")
-        {
+    async fn send(&self, method: Method, repo: &RepoName, path: &str, headers: HeaderMap) -> Result<reqwest::Response, UpstreamError> {
+        if let Some(until) = *self.backoff_until.lock().expect("backoff lock is never poisoned: no panics under it") {
             let now = Instant::now();
             if now < until {
-                return Err(UpstreamError::RateLimited {
-                    retry_after: Some(until - now),
-                });
+                return Err(UpstreamError::RateLimited { retry_after: Some(until - now) });
             }
         }
         let url = format!("{}/v2/{}", self.base, path);
         let scope = format!("repository:{}:pull", repo.as_str());
         let mut retried_auth = false;
         loop {
-            let mut req = self
-                .http
-                .request(method.clone(), &url)
-                .headers(headers.clone());
+            let mut req = self.http.request(method.clone(), &url).headers(headers.clone());
             if let Some(h) = self.auth.header_for(&scope).await {
                 req = req.header(reqwest::header::AUTHORIZATION, h);
             }
             let resp = match tokio::time::timeout(self.header_timeout, req.send()).await {
-                Err(_) => {
-                    return Err(UpstreamError::Unavailable(format!(
-                        "no response headers within {:?}",
-                        self.header_timeout
-                    )))
-                }
+                Err(_) => return Err(UpstreamError::Unavailable(format!("no response headers within {:?}", self.header_timeout))),
                 Ok(Err(e)) => return Err(transport_error(e)),
                 Ok(Ok(r)) => r,
             };
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !retried_auth {
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned);
                 let Some(challenge) = challenge else {
-                    return Err(UpstreamError::Denied(
-                        "401 without a WWW-Authenticate challenge".into(),
-                    ));
+                    return Err(UpstreamError::Denied("401 without a WWW-Authenticate challenge".into()));
                 };
                 self.auth.answer(&challenge, &scope).await?;
                 retried_auth = true;
@@ -205,7 +173,12 @@ impl Upstream {
                     self.name
                 ))),
                 StatusCode::TOO_MANY_REQUESTS => {
-                    let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);
+                    let retry_after = resp
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
                     let wait = retry_after.unwrap_or(Duration::from_secs(60)).min(Duration::from_secs(3600));
                     *self.backoff_until.lock().expect("backoff lock is never poisoned") = Some(Instant::now() + wait);
                     Err(UpstreamError::RateLimited { retry_after })
@@ -240,165 +213,69 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or("").trim().to_owned())
             .unwrap_or_default();
-        let digest = h
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.parse().ok());
-        let len = h
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.parse().ok());
+        let digest = h.get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+        let len = h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
         (mt, digest, len)
     }
 
     /// `GET` a manifest by tag or digest, at most [`MAX_MANIFEST_SIZE`] bytes.
-    pub async fn get_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &str,
-        accept: &[String],
-    ) -> Result<FetchedManifest, UpstreamError> {
-        let resp = self
-            .send(
-                Method::GET,
-                repo,
-                &format!("{repo}/manifests/{reference}"),
-                Self::accept_headers(accept),
-            )
-            .await?;
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &str, accept: &[String]) -> Result<FetchedManifest, UpstreamError> {
+        let resp = self.send(Method::GET, repo, &format!("{repo}/manifests/{reference}"), Self::accept_headers(accept)).await?;
         let (media_type, digest, len) = Self::manifest_meta(&resp);
         if len.is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
-            return Err(UpstreamError::Invalid(format!(
-                "manifest is {} bytes, over the {MAX_MANIFEST_SIZE}-byte limit",
-                len.unwrap_or(0)
-            )));
+            return Err(UpstreamError::Invalid(format!("manifest is {} bytes, over the {MAX_MANIFEST_SIZE}-byte limit", len.unwrap_or(0))));
         }
-        let mut body =
-            BytesMut::with_capacity(len.unwrap_or(4096).min(MAX_MANIFEST_SIZE as u64) as usize);
+        let mut body = BytesMut::with_capacity(len.unwrap_or(4096).min(MAX_MANIFEST_SIZE as u64) as usize);
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(transport_error)?;
             if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
-                return Err(UpstreamError::Invalid(format!(
-                    "manifest is over the {MAX_MANIFEST_SIZE}-byte limit"
-                )));
+                return Err(UpstreamError::Invalid(format!("manifest is over the {MAX_MANIFEST_SIZE}-byte limit")));
             }
             body.extend_from_slice(&chunk);
         }
         if len.is_some_and(|l| l != body.len() as u64) {
-            return Err(UpstreamError::Unavailable(format!(
-                "manifest body ended after {} of {} bytes",
-                body.len(),
-                len.unwrap_or(0)
-            )));
+            return Err(UpstreamError::Unavailable(format!("manifest body ended after {} of {} bytes", body.len(), len.unwrap_or(0))));
         }
-        Ok(FetchedManifest {
-            bytes: body.freeze(),
-            media_type,
-            digest,
-        })
+        Ok(FetchedManifest { bytes: body.freeze(), media_type, digest })
     }
 
     /// `HEAD` a manifest: its digest without spending a Docker Hub pull.
-    pub async fn head_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &str,
-        accept: &[String],
-    ) -> Result<ManifestHead, UpstreamError> {
-        let resp = self
-            .send(
-                Method::HEAD,
-                repo,
-                &format!("{repo}/manifests/{reference}"),
-                Self::accept_headers(accept),
-            )
-            .await?;
+    pub async fn head_manifest(&self, repo: &RepoName, reference: &str, accept: &[String]) -> Result<ManifestHead, UpstreamError> {
+        let resp = self.send(Method::HEAD, repo, &format!("{repo}/manifests/{reference}"), Self::accept_headers(accept)).await?;
         let (media_type, digest, size) = Self::manifest_meta(&resp);
-        Ok(ManifestHead {
-            digest,
-            media_type,
-            size,
-        })
+        Ok(ManifestHead { digest, media_type, size })
     }
 
     /// `GET` a blob from `offset` on (a `Range` request when non-zero).
-    pub async fn get_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        offset: u64,
-    ) -> Result<BlobBody, UpstreamError> {
+    pub async fn get_blob(&self, repo: &RepoName, digest: &Digest, offset: u64) -> Result<BlobBody, UpstreamError> {
         let mut headers = HeaderMap::new();
         if offset > 0 {
-            headers.insert(
-                RANGE,
-                HeaderValue::from_str(&format!("bytes={offset}-"))
-                    .expect("digits are a valid header value"),
-            );
+            headers.insert(RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("digits are a valid header value"));
         }
-        let resp = self
-            .send(
-                Method::GET,
-                repo,
-                &format!("{repo}/blobs/{digest}"),
-                headers,
-            )
-            .await?;
-        let len: Option<u64> = resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.parse().ok());
+        let resp = self.send(Method::GET, repo, &format!("{repo}/blobs/{digest}"), headers).await?;
+        let len: Option<u64> = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
         let (start, total) = if offset > 0 {
             if resp.status() != StatusCode::PARTIAL_CONTENT {
-                return Err(UpstreamError::Unavailable(
-                    "upstream does not support resuming (no 206 for a Range request)".into(),
-                ));
+                // A property of the upstream, not a passing fault: retrying cannot help.
+                return Err(UpstreamError::Invalid("upstream does not support resuming (no 206 for a Range request)".into()));
             }
-            let cr = resp
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let cr = resp.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
             match parse_content_range(cr) {
                 Some((s, total)) if s == offset => (s, total),
-                _ => {
-                    return Err(UpstreamError::Invalid(format!(
-                        "resume at {offset} answered with Content-Range {cr:?}"
-                    )))
-                }
+                _ => return Err(UpstreamError::Invalid(format!("resume at {offset} answered with Content-Range {cr:?}"))),
             }
         } else {
             (0, len)
         };
         let stream = resp.bytes_stream().map(|r| r.map_err(transport_error));
-        Ok(BlobBody {
-            total,
-            offset: start,
-            stream: Box::pin(stream),
-        })
+        Ok(BlobBody { total, offset: start, stream: Box::pin(stream) })
     }
 
     /// `HEAD` a blob: its size.
-    pub async fn head_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<u64>, UpstreamError> {
-        let resp = self
-            .send(
-                Method::HEAD,
-                repo,
-                &format!("{repo}/blobs/{digest}"),
-                HeaderMap::new(),
-            )
-            .await?;
-        Ok(resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.parse().ok()))
+    pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
+        let resp = self.send(Method::HEAD, repo, &format!("{repo}/blobs/{digest}"), HeaderMap::new()).await?;
+        Ok(resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok()))
     }
 
     /// The repository's tags (all pages), sorted.
@@ -411,17 +288,11 @@ impl Upstream {
         let mut path = format!("{repo}/tags/list?n=1000");
         // A bounded walk over `Link` pages.
         for _ in 0..100 {
-            let resp = self
-                .send(Method::GET, repo, &path, HeaderMap::new())
-                .await?;
-            let next = resp
-                .headers()
-                .get(reqwest::header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link);
+            let resp = self.send(Method::GET, repo, &path, HeaderMap::new()).await?;
+            let next = resp.headers().get(reqwest::header::LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
             let bytes = resp.bytes().await.map_err(transport_error)?;
-            let list: TagList = serde_json::from_slice(&bytes)
-                .map_err(|e| UpstreamError::Invalid(format!("tags/list is not valid JSON: {e}")))?;
+            let list: TagList =
+                serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Invalid(format!("tags/list is not valid JSON: {e}")))?;
             out.extend(list.tags.unwrap_or_default());
             match next.and_then(|n| n.strip_prefix("/v2/").map(str::to_owned)) {
                 Some(n) if n.starts_with(&format!("{repo}/tags/list")) => path = n,
@@ -439,23 +310,17 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (start, _end) = range.split_once('-')?;
-    let total = if total == "*" {
-        None
-    } else {
-        Some(total.parse().ok()?)
-    };
+    let total = if total == "*" { None } else { Some(total.parse().ok()?) };
     Some((start.parse().ok()?, total))
 }
 
 /// The target of a `Link: <…>; rel="next"` header.
 fn next_link(v: &str) -> Option<String> {
-    v.split(',')
-        .find(|p| p.contains("rel=\"next\""))
-        .and_then(|p| {
-            let s = p.find('<')? + 1;
-            let e = p.find('>')?;
-            (s <= e).then(|| p[s..e].to_owned())
-        })
+    v.split(',').find(|p| p.contains("rel=\"next\"")).and_then(|p| {
+        let s = p.find('<')? + 1;
+        let e = p.find('>')?;
+        (s <= e).then(|| p[s..e].to_owned())
+    })
 }
 
 #[cfg(test)]
@@ -464,15 +329,9 @@ mod tests {
 
     #[test]
     fn header_parsers() {
-        assert_eq!(
-            parse_content_range("bytes 100-199/200"),
-            Some((100, Some(200)))
-        );
+        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("bytes x"), None);
-        assert_eq!(
-            next_link("</v2/a/tags/list?n=2&last=b>; rel=\"next\"").as_deref(),
-            Some("/v2/a/tags/list?n=2&last=b")
-        );
+        assert_eq!(next_link("</v2/a/tags/list?n=2&last=b>; rel=\"next\"").as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
     }
 }

@@ -1,0 +1,196 @@
+//! An in-process fake upstream for faults a real registry cannot be made to
+//! produce on demand: wrong bytes, a body held at an offset until the test
+//! releases it, a connection cut at an offset, no Range support, a gate in
+//! front of manifests. It logs every request line.
+
+use super::{respond, serve, Server, TestBody};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// How the fake serves one blob.
+#[derive(Clone)]
+pub struct BlobSpec {
+    /// The bytes sent (may differ from what the digest says).
+    pub bytes: Bytes,
+    /// Stop after this many bytes until the gate opens.
+    pub hold_at: Option<u64>,
+    /// Cut the connection after this many bytes, on the first `cuts` requests.
+    pub cut_at: Option<u64>,
+    pub cuts: usize,
+    /// Answer `Range` with 206; else ignore it and send 200 with everything.
+    pub ranges: bool,
+}
+
+impl BlobSpec {
+    pub fn new(bytes: impl Into<Bytes>) -> BlobSpec {
+        BlobSpec { bytes: bytes.into(), hold_at: None, cut_at: None, cuts: 0, ranges: true }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    manifests: HashMap<String, (String, Bytes)>,
+    blobs: HashMap<String, BlobSpec>,
+    log: Vec<String>,
+}
+
+pub struct Fake {
+    server: Server,
+    state: Arc<Mutex<State>>,
+    /// Opens held blob bodies.
+    gate: watch::Sender<bool>,
+    /// While closed, manifest responses wait.
+    manifest_gate: watch::Sender<bool>,
+}
+
+impl Fake {
+    pub async fn start() -> Fake {
+        let state = Arc::new(Mutex::new(State::default()));
+        let (gate, _) = watch::channel(false);
+        let (manifest_gate, _) = watch::channel(true);
+        let (s, g, mg) = (state.clone(), gate.clone(), manifest_gate.clone());
+        let server = serve(move |req: http::Request<hyper::body::Incoming>| {
+            let (s, g, mg) = (s.clone(), g.subscribe(), mg.subscribe());
+            async move { handle(s, g, mg, req).await }
+        })
+        .await;
+        Fake { server, state, gate, manifest_gate }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub fn add_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: Bytes) {
+        self.state.lock().unwrap().manifests.insert(format!("{repo}/{reference}"), (media_type.into(), bytes));
+    }
+
+    pub fn add_blob(&self, digest: &str, spec: BlobSpec) {
+        self.state.lock().unwrap().blobs.insert(digest.into(), spec);
+    }
+
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    pub fn hold_manifests(&self, hold: bool) {
+        self.manifest_gate.send_replace(!hold);
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.state.lock().unwrap().log.iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    mut gate: watch::Receiver<bool>,
+    mut mgate: watch::Receiver<bool>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<TestBody> {
+    let path = req.uri().path().to_owned();
+    let range = req.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    state.lock().unwrap().log.push(format!("{} {} range={}", req.method(), path, range.as_deref().unwrap_or("-")));
+    if path == "/v2/" {
+        return respond(200, "{}");
+    }
+    let head = req.method() == http::Method::HEAD;
+    if let Some(i) = path.find("/manifests/") {
+        let key = format!("{}/{}", &path[4..i], &path[i + "/manifests/".len()..]);
+        let found = state.lock().unwrap().manifests.get(&key).cloned();
+        let _ = mgate.wait_for(|open| *open).await;
+        return match found {
+            None => respond(404, r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}"#),
+            Some((mt, bytes)) => {
+                let d = super::digest_of(&bytes);
+                let mut r = respond(200, if head { Bytes::new() } else { bytes.clone() });
+                let h = r.headers_mut();
+                h.insert("content-type", mt.parse().unwrap());
+                h.insert("docker-content-digest", d.parse().unwrap());
+                if head {
+                    h.insert("content-length", bytes.len().into());
+                }
+                r
+            }
+        };
+    }
+    let Some(i) = path.find("/blobs/") else { return respond(404, "no route") };
+    let digest = path[i + "/blobs/".len()..].to_owned();
+    let spec = {
+        let mut st = state.lock().unwrap();
+        let Some(spec) = st.blobs.get_mut(&digest) else {
+            return respond(404, r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}"#);
+        };
+        let this = spec.clone();
+        if spec.cuts > 0 {
+            spec.cuts -= 1;
+        }
+        this
+    };
+    let total = spec.bytes.len() as u64;
+    let start = match (&range, spec.ranges) {
+        (Some(r), true) => r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+        _ => 0,
+    };
+    let mut b = http::Response::builder()
+        .header("content-type", "application/octet-stream")
+        .header("content-length", total - start)
+        .header("docker-content-digest", &digest);
+    b = if start > 0 { b.status(206).header("content-range", format!("bytes {start}-{}/{total}", total - 1)) } else { b.status(200) };
+    if head {
+        return b.body(super::full(Bytes::new())).unwrap();
+    }
+    let cut = if spec.cuts > 0 { spec.cut_at } else { None };
+    let bytes = spec.bytes.clone();
+    let hold = spec.hold_at;
+    let stream = async_stream(bytes, start, hold, cut, async move {
+        let _ = gate.wait_for(|open| *open).await;
+    });
+    b.body(TestBody::new(http_body_util::StreamBody::new(stream).boxed())).unwrap()
+}
+
+/// The body as 64 KiB frames from `start`, pausing at `hold` until
+/// `released` completes, failing at `cut`.
+fn async_stream(
+    bytes: Bytes,
+    start: u64,
+    hold: Option<u64>,
+    cut: Option<u64>,
+    released: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, std::io::Error>> + Send {
+    let released = Box::pin(released);
+    futures_util::stream::unfold((start, Some(released)), move |(pos, mut released)| {
+        let bytes = bytes.clone();
+        async move {
+            let total = bytes.len() as u64;
+            if pos >= total {
+                return None;
+            }
+            if let (Some(h), Some(r)) = (hold, released.as_mut()) {
+                if pos >= h {
+                    r.await;
+                    released = None;
+                }
+            }
+            if cut.is_some_and(|c| pos >= c) {
+                return Some((Err(std::io::Error::other("cut by the fake upstream")), (total, None)));
+            }
+            let mut end = (pos + 65536).min(total);
+            if let Some(h) = hold.filter(|h| *h > pos && released.is_some()) {
+                end = end.min(h);
+            }
+            if let Some(c) = cut.filter(|c| *c > pos) {
+                end = end.min(c);
+            }
+            let chunk = bytes.slice(pos as usize..end as usize);
+            Some((Ok(hyper::body::Frame::data(chunk)), (end, released)))
+        }
+    })
+}
