@@ -76,3 +76,34 @@ async fn manifest_with_wrong_bytes_is_refused() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), real);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_upstream_and_a_blob_redirect_to_another_host() {
+    // The registry wants Basic credentials and sends blobs to a "CDN".
+    let registry = Fake::start().await;
+    let cdn = Fake::start().await;
+    registry.require_basic("lab", "labpass");
+    registry.redirect_blobs_to(&cdn.url());
+    let data = Bytes::from(random_bytes(5, 200_000));
+    let digest = digest_of(&data);
+    cdn.add_blob(&digest, BlobSpec::new(data.clone()));
+    let toml = format!("{}username = \"lab\"\npassword = \"labpass\"\n", upstream_toml("docker.io", &registry.url()));
+    let m = TestMirror::start(&toml).await;
+    let r = client().get(format!("{}/v2/library/app/blobs/{digest}", m.url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), data);
+    let reg_log = registry.log();
+    assert!(reg_log.iter().any(|l| l.contains("/blobs/") && l.contains("auth=yes")), "Basic credentials sent to the registry: {reg_log:?}");
+    let cdn_log = cdn.log();
+    assert_eq!(cdn_log.len(), 1, "{cdn_log:?}");
+    assert!(cdn_log[0].contains("auth=no"), "Authorization leaked to the redirect target: {cdn_log:?}");
+    fill_done(&m, &digest).await;
+    assert!(stored_path(&m, &digest).exists());
+
+    // Without credentials the mirror says what to configure.
+    let anon = TestMirror::start(&upstream_toml("docker.io", &registry.url())).await;
+    let r = accept_all(client().get(format!("{}/v2/library/app/manifests/1", anon.url()))).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("username and password"), "{body}");
+}

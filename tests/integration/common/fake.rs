@@ -35,6 +35,10 @@ struct State {
     manifests: HashMap<String, (String, Bytes)>,
     blobs: HashMap<String, BlobSpec>,
     log: Vec<String>,
+    /// Answer 401 with a Basic challenge unless this `Authorization` comes.
+    require: Option<String>,
+    /// Answer blob GETs with a 307 to this base URL (another server).
+    redirect_blobs: Option<String>,
 }
 
 pub struct Fake {
@@ -72,6 +76,18 @@ impl Fake {
         self.state.lock().unwrap().blobs.insert(digest.into(), spec);
     }
 
+    /// Demands Basic credentials, as some registries do.
+    pub fn require_basic(&self, user: &str, password: &str) {
+        use base64::Engine as _;
+        let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        self.state.lock().unwrap().require = Some(v);
+    }
+
+    /// Sends blob GETs elsewhere with a 307, as Docker Hub does to its CDN.
+    pub fn redirect_blobs_to(&self, base: &str) {
+        self.state.lock().unwrap().redirect_blobs = Some(base.to_owned());
+    }
+
     pub fn open_gate(&self) {
         self.gate.send_replace(true);
     }
@@ -97,7 +113,28 @@ async fn handle(
 ) -> http::Response<TestBody> {
     let path = req.uri().path().to_owned();
     let range = req.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    state.lock().unwrap().log.push(format!("{} {} range={}", req.method(), path, range.as_deref().unwrap_or("-")));
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (require, redirect) = {
+        let mut st = state.lock().unwrap();
+        st.log.push(format!(
+            "{} {} range={} auth={}",
+            req.method(),
+            path,
+            range.as_deref().unwrap_or("-"),
+            if auth.is_some() { "yes" } else { "no" }
+        ));
+        (st.require.clone(), st.redirect_blobs.clone())
+    };
+    if require.is_some() && auth != require {
+        let mut r = respond(401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#);
+        r.headers_mut().insert("www-authenticate", "Basic realm=\"fake\"".parse().unwrap());
+        return r;
+    }
+    if let (Some(base), true, false) = (redirect, path.contains("/blobs/"), req.method() == http::Method::HEAD) {
+        let mut r = respond(307, "");
+        r.headers_mut().insert("location", format!("{base}{path}?signature=secret").parse().unwrap());
+        return r;
+    }
     if path == "/v2/" {
         return respond(200, "{}");
     }
