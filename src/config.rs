@@ -39,6 +39,23 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub root: PathBuf,
+    /// The most the store may hold (blobs and manifests); `None`: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<bytesize::ByteSize>,
+    /// Eviction starts above this fraction of `max_size`...
+    pub high_watermark: f64,
+    /// ...and frees down to this fraction.
+    pub low_watermark: f64,
+}
+
+impl StorageConfig {
+    /// (high, low) thresholds in bytes, when there is a cap.
+    pub fn watermarks(&self) -> Option<(u64, u64)> {
+        self.max_size.map(|m| {
+            let m = m.as_u64() as f64;
+            ((m * self.high_watermark) as u64, (m * self.low_watermark) as u64)
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -47,6 +64,17 @@ pub struct CacheConfig {
     #[serde(with = "duration")]
     pub tag_ttl: Duration,
     pub memory_manifests: u64,
+    /// Images never evicted: `[registry/]repository:tag`, `*` as the tag
+    /// matches every tag.
+    #[serde(default)]
+    pub pin: Vec<String>,
+    /// Images not pulled for this long are evicted; `None`: never.
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub max_idle: Option<Duration>,
+    /// How often the store is checked against the cap and `max_idle`
+    /// (also right after a write crosses the high watermark).
+    #[serde(with = "duration")]
+    pub sweep_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -134,6 +162,24 @@ impl Config {
         }
         if self.storage.root.as_os_str().is_empty() {
             return err("`storage.root` must be a directory path".into());
+        }
+        let (hi, lo) = (self.storage.high_watermark, self.storage.low_watermark);
+        if !(0.0 < lo && lo < hi && hi <= 1.0) {
+            return err(format!(
+                "`storage.low_watermark` ({lo}) and `storage.high_watermark` ({hi}) must be fractions with 0 < low < high <= 1, e.g. 0.85 and 0.95"
+            ));
+        }
+        if self.storage.max_size.is_some_and(|m| m.as_u64() == 0) {
+            return err("`storage.max_size` must be more than 0 bytes; leave it out for no cap".into());
+        }
+        if self.cache.sweep_interval.is_zero() {
+            return err("`cache.sweep_interval` must be longer than 0s".into());
+        }
+        for (i, p) in self.cache.pin.iter().enumerate() {
+            let ok = p.rsplit_once(':').is_some_and(|(repo, tag)| !repo.is_empty() && !tag.is_empty());
+            if !ok {
+                return err(format!("`cache.pin[{i}]` = {p:?} is not of the form \"repository:tag\" (or \"repository:*\" for every tag)"));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.upstream.iter().enumerate() {

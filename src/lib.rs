@@ -33,27 +33,40 @@ use tokio::net::TcpListener;
 /// An opened mirror: store, index and upstream clients, ready to serve.
 pub struct App {
     pub mirror: Arc<mirror::Mirror>,
+    /// What the repair at start found (for `start` only).
+    pub reconciled: mirror::Reconciled,
     opts: http::ServerOptions,
 }
 
 impl App {
     /// Opens the store and the index under `config.storage.root` (creating
-    /// them), removes temp files left by a crash, and builds the upstream clients.
+    /// them) and builds the upstream clients. Changes nothing on disk
+    /// beyond creating what is missing: safe beside a running server, for
+    /// the maintenance commands.
     pub async fn open(config: &Config, clock: Clock) -> anyhow::Result<App> {
         let root = &config.storage.root;
         std::fs::create_dir_all(root).with_context(|| format!("cannot create storage.root {}", root.display()))?;
         let store = store::FsStore::open(root).with_context(|| format!("cannot open the store under {}", root.display()))?;
-        let swept = store::Store::sweep_temp(&store).await.context("cannot clean the store's tmp directory")?;
         let index = index::Index::open(&root.join("index.db"))?;
         let mirror = mirror::Mirror::new(config, Arc::new(store), index, clock).map_err(anyhow::Error::msg)?;
-        tracing::info!(root = %root.display(), temp_files_removed = swept, upstreams = config.upstream.len(), offline = config.offline, "store opened");
         let opts =
             http::ServerOptions { header_read_timeout: config.server.header_read_timeout, max_connections: config.server.max_connections };
-        Ok(App { mirror: Arc::new(mirror), opts })
+        Ok(App { mirror: Arc::new(mirror), reconciled: Default::default(), opts })
     }
 
-    /// Serves until `shutdown` completes; then drains connections and
-    /// waits for downloads in flight.
+    /// Opens the mirror for serving: repairs what a crash left (temp files,
+    /// rows without files, files without rows) and starts the background
+    /// sweeper.
+    pub async fn start(config: &Config, clock: Clock) -> anyhow::Result<App> {
+        let mut app = App::open(config, clock).await?;
+        app.reconciled = app.mirror.reconcile().await.context("cannot reconcile the store with its index")?;
+        app.mirror.start_background();
+        tracing::info!(root = %config.storage.root.display(), upstreams = config.upstream.len(), offline = config.offline, "store opened");
+        Ok(app)
+    }
+
+    /// Serves until `shutdown` completes; then drains connections, waits for
+    /// downloads in flight and stops the sweeper.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         http::serve(listener, self.mirror.clone(), self.opts, shutdown).await;
         self.mirror.shutdown().await;
@@ -62,7 +75,7 @@ impl App {
 
 /// Opens the mirror described by `config` and serves `listener` until `shutdown`.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let app = App::open(&config, Clock::system()).await?;
+    let app = App::start(&config, Clock::system()).await?;
     app.serve(listener, shutdown).await;
     Ok(())
 }

@@ -25,6 +25,17 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Evict what storage.max_size and cache.max_idle require, as the
+    /// running server's sweeper does, and print what it frees. Safe to run
+    /// beside a running server on the same store.
+    Gc {
+        /// A TOML file laid over the embedded defaults (see mirror.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print what would be evicted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +73,18 @@ fn try_main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot listen on {} (server.listen): is another process using it?", cfg.server.listen))?;
                 tracing::info!(listen = %listener.local_addr()?, "regmirror serving");
                 regmirror::run(listener, cfg, shutdown_signal()).await
+            })
+        }
+        Command::Gc { config, dry_run } => {
+            let cfg = Config::load(config.as_deref())?;
+            init_logging(cfg.log.format);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+            rt.block_on(async move {
+                let app = regmirror::App::open(&cfg, regmirror::clock::Clock::system()).await?;
+                let report = app.mirror.sweep(dry_run).await.context("gc failed")?;
+                app.mirror.shutdown().await;
+                println!("{report}");
+                Ok(())
             })
         }
     }

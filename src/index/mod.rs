@@ -224,6 +224,129 @@ impl Index {
     }
 }
 
+/// Everything eviction needs to know, read in one transaction.
+#[derive(Debug, Default)]
+pub struct Graph {
+    /// (digest, size, last access)
+    pub manifests: Vec<(String, u64, i64)>,
+    pub blobs: Vec<(String, u64, i64)>,
+    /// (parent manifest, child digest)
+    pub refs: Vec<(String, String)>,
+    /// (upstream, repository, tag, manifest digest)
+    pub tags: Vec<(String, String, String, String)>,
+}
+
+impl Index {
+    /// Sets last-access times (ms) collected since the last flush; never
+    /// moves one backwards.
+    pub async fn touch(&self, batch: Vec<(String, i64)>) -> Result<(), IndexError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut m = tx.prepare_cached("UPDATE manifests SET last_access = max(last_access, ?2) WHERE digest = ?1")?;
+                let mut b = tx.prepare_cached("UPDATE blobs SET last_access = max(last_access, ?2) WHERE digest = ?1")?;
+                for (d, t) in &batch {
+                    if m.execute(params![d, t])? == 0 {
+                        b.execute(params![d, t])?;
+                    }
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// A consistent snapshot of objects, references and tags.
+    pub async fn graph(&self) -> Result<Graph, IndexError> {
+        self.call(|c| {
+            let tx = c.transaction()?;
+            let mut g = Graph::default();
+            {
+                let obj = |row: &rusqlite::Row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)?));
+                let mut st = tx.prepare("SELECT digest, size, last_access FROM manifests")?;
+                g.manifests = st.query_map([], obj)?.collect::<rusqlite::Result<_>>()?;
+                let mut st = tx.prepare("SELECT digest, size, last_access FROM blobs")?;
+                g.blobs = st.query_map([], obj)?.collect::<rusqlite::Result<_>>()?;
+                let mut st = tx.prepare("SELECT manifest_digest, child_digest FROM manifest_refs")?;
+                g.refs = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+                let mut st = tx.prepare(
+                    "SELECT u.name, r.name, t.name, t.manifest_digest FROM tags t
+                     JOIN repositories r ON r.id = t.repository_id JOIN upstreams u ON u.id = r.upstream_id",
+                )?;
+                g.tags = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<rusqlite::Result<_>>()?;
+            }
+            tx.commit()?;
+            Ok(g)
+        })
+        .await
+    }
+
+    /// Removes evicted objects in one transaction: the `roots`, then each
+    /// of `children` (manifests and blobs) that no remaining manifest
+    /// references, re-checked here so that an image recorded since the
+    /// plan was made keeps what it uses. Tags pointing at a removed
+    /// manifest go too. Returns what was removed, with sizes.
+    pub async fn evict(&self, roots: Vec<String>, children: Vec<String>) -> Result<Vec<(String, u64)>, IndexError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let mut gone = Vec::new();
+            let root_set: std::collections::HashSet<&String> = roots.iter().collect();
+            let referenced = |tx: &rusqlite::Transaction, d: &str| -> rusqlite::Result<bool> {
+                tx.query_row("SELECT EXISTS (SELECT 1 FROM manifest_refs WHERE child_digest = ?1)", [d], |r| r.get(0))
+            };
+            for d in roots.iter().chain(children.iter()) {
+                let is_root = root_set.contains(d);
+                if !is_root && referenced(&tx, d)? {
+                    continue;
+                }
+                let size: Option<i64> = tx.query_row("SELECT size FROM manifests WHERE digest = ?1", [d], |r| r.get(0)).optional()?;
+                if let Some(size) = size {
+                    tx.execute("DELETE FROM tags WHERE manifest_digest = ?1", [d])?;
+                    tx.execute("DELETE FROM manifests WHERE digest = ?1", [d])?;
+                    gone.push((d.clone(), size as u64));
+                    continue;
+                }
+                let size: Option<i64> = tx.query_row("SELECT size FROM blobs WHERE digest = ?1", [d], |r| r.get(0)).optional()?;
+                if let Some(size) = size {
+                    tx.execute("DELETE FROM blobs WHERE digest = ?1", [d])?;
+                    gone.push((d.clone(), size as u64));
+                }
+            }
+            tx.commit()?;
+            Ok(gone)
+        })
+        .await
+    }
+
+    /// Forgets objects whose files are gone (repair at start).
+    pub async fn forget(&self, digests: Vec<String>) -> Result<(), IndexError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for d in &digests {
+                tx.execute("DELETE FROM tags WHERE manifest_digest = ?1", [d])?;
+                tx.execute("DELETE FROM manifests WHERE digest = ?1", [d])?;
+                tx.execute("DELETE FROM blobs WHERE digest = ?1", [d])?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Bytes of every stored object the index knows.
+    pub async fn total_size(&self) -> Result<u64, IndexError> {
+        self.call(|c| {
+            c.query_row("SELECT (SELECT coalesce(sum(size), 0) FROM blobs) + (SELECT coalesce(sum(size), 0) FROM manifests)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .await
+        .map(|n| n as u64)
+    }
+}
+
 fn configure(c: &Connection) -> rusqlite::Result<()> {
     c.busy_timeout(std::time::Duration::from_secs(10))?;
     c.pragma_update(None, "journal_mode", "WAL")?;

@@ -104,6 +104,7 @@ pub struct FillContext {
     pub index: Index,
     pub clock: Clock,
     pub tasks: TaskTracker,
+    pub usage: Arc<super::lifecycle::Usage>,
 }
 
 impl Fills {
@@ -384,6 +385,7 @@ async fn run(
     progress.send_modify(|p| p.state = FillState::Verified);
     ctx.store.commit(spool, digest).await.map_err(MirrorError::store)?;
     ctx.index.put_blob(digest, size, ctx.clock.now_ms()).await.map_err(MirrorError::from)?;
+    ctx.usage.add(size);
     Ok(size)
 }
 

@@ -8,10 +8,13 @@
 //! [`MirrorError`]; it never sees a file, a row or an upstream response.
 
 mod error;
+pub mod evict;
 pub mod fill;
+mod lifecycle;
 mod range;
 
 pub use error::{ForObject, MirrorError, Object};
+pub use lifecycle::{Reconciled, SweepReport};
 pub use range::ByteRange;
 
 use crate::clock::Clock;
@@ -108,6 +111,17 @@ pub struct Mirror {
     fills: Arc<Fills>,
     fill_ctx: Arc<FillContext>,
     tasks: TaskTracker,
+    /// Cap, watermarks, idle limit and pins: what the sweeper enforces.
+    limits: lifecycle::StoreLimits,
+    /// Bytes stored, kept current between sweeps; wakes the sweeper when a
+    /// write crosses the high watermark.
+    usage: Arc<lifecycle::Usage>,
+    /// Last-access times not yet written to the index (batched).
+    touched: std::sync::Mutex<std::collections::HashMap<Digest, i64>>,
+    /// One sweep at a time (the background one or `regmirror gc`).
+    sweep_lock: tokio::sync::Mutex<()>,
+    /// Stops the background sweeper.
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Mirror {
@@ -120,10 +134,25 @@ impl Mirror {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let tasks = TaskTracker::new();
+        let names: Vec<&str> = config.upstream.iter().map(|u| u.name.as_str()).collect();
+        let pins = config.cache.pin.iter().map(|p| evict::Pin::parse(p, &names)).collect::<Result<Vec<_>, String>>()?;
+        let limits = lifecycle::StoreLimits {
+            watermarks: config.storage.watermarks(),
+            max_idle: config.cache.max_idle,
+            sweep_interval: config.cache.sweep_interval,
+            pins,
+        };
+        let usage = Arc::new(lifecycle::Usage::new(limits.watermarks.map(|w| w.0)));
         Ok(Mirror {
             upstreams,
             offline: config.offline,
-            fill_ctx: Arc::new(FillContext { store: store.clone(), index: index.clone(), clock: clock.clone(), tasks: tasks.clone() }),
+            fill_ctx: Arc::new(FillContext {
+                store: store.clone(),
+                index: index.clone(),
+                clock: clock.clone(),
+                tasks: tasks.clone(),
+                usage: usage.clone(),
+            }),
             index,
             store,
             clock,
@@ -133,6 +162,11 @@ impl Mirror {
             tag_waiters: AtomicUsize::new(0),
             fills: Arc::new(Fills::default()),
             tasks,
+            limits,
+            usage,
+            touched: Default::default(),
+            sweep_lock: tokio::sync::Mutex::new(()),
+            cancel: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -147,10 +181,15 @@ impl Mirror {
         self.fills.readers(digest)
     }
 
-    /// Waits for the downloads in flight to end.
+    /// Stops the sweeper, waits for the downloads in flight to end, and
+    /// writes the last access times.
     pub async fn shutdown(&self) {
+        self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        if let Err(e) = self.flush_access().await {
+            tracing::warn!(error = %e, "could not record the last access times at shutdown");
+        }
     }
 
     /// Decides which upstream and repository a request means: containerd's
@@ -192,10 +231,12 @@ impl Mirror {
 
     /// A manifest by tag or digest.
     pub async fn manifest(&self, t: &Target, reference: &Reference, accept: &[String]) -> Result<ManifestAnswer, MirrorError> {
-        match reference {
-            Reference::Digest(d) => self.manifest_by_digest(t, d, accept).await,
-            Reference::Tag(tag) => self.manifest_by_tag(t, tag, accept).await,
-        }
+        let a = match reference {
+            Reference::Digest(d) => self.manifest_by_digest(t, d, accept).await?,
+            Reference::Tag(tag) => self.manifest_by_tag(t, tag, accept).await?,
+        };
+        self.touch(&a.manifest.digest);
+        Ok(a)
     }
 
     /// A stored manifest, from memory or from the store.
@@ -254,6 +295,7 @@ impl Mirror {
         let info = parse_manifest(&fm.bytes, &fm.media_type).map_err(MirrorError::ManifestInvalid)?;
         self.store.put(&digest, fm.bytes.clone()).await.map_err(MirrorError::store)?;
         self.index.put_manifest(up.name(), repo, &digest, fm.bytes.len() as u64, &info, self.clock.now_ms()).await?;
+        self.usage.add(fm.bytes.len() as u64);
         let m = Arc::new(Manifest { digest: digest.clone(), media_type: info.media_type, bytes: fm.bytes });
         self.manifests.insert(digest, m.clone()).await;
         Ok(m)
@@ -343,6 +385,7 @@ impl Mirror {
     /// A blob, or a range of it; `head` answers without a body.
     pub async fn blob(&self, t: &Target, d: &Digest, range: Option<ByteRange>, head: bool) -> Result<BlobAnswer, MirrorError> {
         if let Some(a) = self.stored_blob(d, range, head).await? {
+            self.touch(d);
             return Ok(a);
         }
         if self.offline {

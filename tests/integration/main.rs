@@ -8,5 +8,6 @@ mod common;
 mod cli;
 mod coalesce;
 mod faults;
+mod lifecycle;
 mod protocol;
 mod pull;

@@ -72,7 +72,7 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// A gzipped tar with one file; returns (compressed blob, diff_id).
-fn layer(path: &str, content: &[u8]) -> (Blob, String) {
+pub fn layer(path: &str, content: &[u8]) -> (Blob, String) {
     let mut tar = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(content.len() as u64);

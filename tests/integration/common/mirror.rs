@@ -21,6 +21,8 @@ pub struct TestMirror {
     pub dir: Arc<tempfile::TempDir>,
     pub clock: Clock,
     pub mirror: Arc<regmirror::mirror::Mirror>,
+    /// What the repair at start found.
+    pub reconciled: regmirror::mirror::Reconciled,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -34,10 +36,16 @@ impl TestMirror {
 
     pub async fn start_in(dir: Arc<tempfile::TempDir>, toml: &str, clock: Clock) -> TestMirror {
         let full = format!("{toml}\n[storage]\nroot = \"{}\"\n", dir.path().display());
+        Self::start_full(dir, &full, clock).await
+    }
+
+    /// A mirror from a TOML that sets `storage.root` itself.
+    pub async fn start_full(dir: Arc<tempfile::TempDir>, full: &str, clock: Clock) -> TestMirror {
         let cfg = Config::from_toml_str(&full).unwrap_or_else(|e| panic!("test config refused: {e}\n{full}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = regmirror::App::open(&cfg, clock.clone()).await.expect("open the mirror");
+        let app = regmirror::App::start(&cfg, clock.clone()).await.expect("open the mirror");
+        let reconciled = app.reconciled.clone();
         let mirror = app.mirror.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -46,7 +54,7 @@ impl TestMirror {
             })
             .await
         });
-        TestMirror { addr, dir, clock, mirror, shutdown: Some(tx), task: Some(task) }
+        TestMirror { addr, dir, clock, mirror, reconciled, shutdown: Some(tx), task: Some(task) }
     }
 
     pub fn url(&self) -> String {
