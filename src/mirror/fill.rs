@@ -20,10 +20,10 @@ use crate::oci::{Digest, RepoName};
 use crate::store::{read_chunk, ByteStream, Store, CHUNK};
 use crate::upstream::{Upstream, UpstreamError};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,9 +33,14 @@ use tokio_util::task::TaskTracker;
 
 /// How often a broken download is resumed before it fails for good.
 const MAX_RESUMES: u32 = 5;
-/// Chunks between the network task and the writer thread: bounds a fill's
-/// memory to a few MiB whatever the client count.
-const PIPE_DEPTH: usize = 32;
+/// Batches queued between the network task, the writer and the hasher:
+/// with the window and the writer's stage, bounds a fill's memory to about
+/// 20 MiB whatever the client count.
+const PIPE_DEPTH: usize = 4;
+/// The most bytes, and network chunks, gathered into one batch (the chunk
+/// count stays under the kernel's limit for one vectored write).
+const BATCH_BYTES: usize = 1024 * 1024;
+const BATCH_CHUNKS: usize = 512;
 
 #[derive(Clone, Debug)]
 pub enum FillState {
@@ -53,8 +58,9 @@ pub enum FillState {
 pub struct Progress {
     /// The blob's size, when the upstream said it.
     pub total: Option<u64>,
-    /// Bytes in the spool file.
-    pub written: u64,
+    /// Bytes received so far: readers may have them (from the in-memory
+    /// window, or from the spool once they are on disk).
+    pub available: u64,
     pub state: FillState,
 }
 
@@ -62,7 +68,7 @@ impl Progress {
     /// The blob's size as far as it is known.
     pub fn size(&self) -> Option<u64> {
         match self.state {
-            FillState::Verified => Some(self.written),
+            FillState::Verified => Some(self.available),
             _ => self.total,
         }
     }
@@ -71,6 +77,8 @@ impl Progress {
 /// One download in flight.
 pub struct Fill {
     file: Arc<File>,
+    /// The newest bytes, in memory: readers near the head never touch the disk.
+    window: Arc<Mutex<Window>>,
     progress: watch::Receiver<Progress>,
     /// Clients streaming from this fill right now.
     readers: Arc<AtomicUsize>,
@@ -144,14 +152,16 @@ impl Fills {
         if ctx.store_has_sync(&digest) {
             return Ok(None);
         }
-        let (tx, rx) = watch::channel(Progress { total: None, written: 0, state: FillState::Connecting });
-        let fill = Arc::new(Fill { file: spool.file.clone(), progress: rx, readers: Arc::new(AtomicUsize::new(0)) });
+        let (tx, rx) = watch::channel(Progress { total: None, available: 0, state: FillState::Connecting });
+        let window = Arc::new(Mutex::new(Window::default()));
+        let fill =
+            Arc::new(Fill { file: spool.file.clone(), window: window.clone(), progress: rx, readers: Arc::new(AtomicUsize::new(0)) });
         map.insert(digest.clone(), fill.clone());
         drop(map);
         let fills = self.clone();
         let ctx2 = ctx.clone();
         ctx.tasks.spawn(async move {
-            let outcome = run(&ctx2, &upstream, &repo, &digest, spool, &tx).await;
+            let outcome = run(&ctx2, &upstream, &repo, &digest, spool, &window, &tx).await;
             // Remove only after committing, so that a new request finds
             // either this fill or the stored blob.
             fills.map.lock().expect("fills lock: no panics while held").remove(&digest);
@@ -193,7 +203,7 @@ impl Fill {
             let p = rx.borrow_and_update().clone();
             match p.state {
                 FillState::Connecting => {}
-                FillState::Failed(e) if p.written == 0 => return Err(e),
+                FillState::Failed(e) if p.available == 0 => return Err(e),
                 _ => return Ok(p),
             }
             if rx.changed().await.is_err() {
@@ -231,6 +241,7 @@ impl Fill {
         let start = range.as_ref().map_or(0, |r| r.start);
         let st = ReaderState {
             _guard: ReaderGuard::new(&self.readers),
+            window: self.window.clone(),
             file: self.file.clone(),
             rx: self.progress.clone(),
             pos: start,
@@ -253,15 +264,22 @@ impl Fill {
                 }
                 // The last byte of the blob waits for the verdict.
                 let releasable = match (verified, p.total) {
-                    (true, _) => p.written,
-                    (false, Some(t)) => p.written.min(t.saturating_sub(1)),
-                    (false, None) => p.written.saturating_sub(1),
+                    (true, _) => p.available,
+                    (false, Some(t)) => p.available.min(t.saturating_sub(1)),
+                    (false, None) => p.available.saturating_sub(1),
                 };
                 let avail = releasable.min(end);
                 if st.pos < avail {
                     let len = (avail - st.pos).min(CHUNK as u64) as usize;
+                    // Near the head: the bytes themselves, shared, no copy.
+                    let near = st.window.lock().expect("window lock: no panics while held").slice(st.pos, len);
+                    if let Some(chunk) = near {
+                        st.pos += chunk.len() as u64;
+                        return Ok(Some((chunk, st)));
+                    }
+                    // Behind the window: those bytes are on disk.
                     let (f, pos) = (st.file.clone(), st.pos);
-                    let chunk = tokio::task::spawn_blocking(move || read_chunk(&f, pos, len)).await.map_err(io::Error::other)??;
+                    let chunk = read_chunk(f, pos, len).await?;
                     if chunk.is_empty() {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spool file shorter than its progress"));
                     }
@@ -285,6 +303,7 @@ impl Fill {
 
 struct ReaderState {
     _guard: ReaderGuard,
+    window: Arc<Mutex<Window>>,
     file: Arc<File>,
     rx: watch::Receiver<Progress>,
     pos: u64,
@@ -298,20 +317,37 @@ async fn run(
     repo: &RepoName,
     digest: &Digest,
     spool: crate::store::Spool,
+    window: &Arc<Mutex<Window>>,
     progress: &watch::Sender<Progress>,
 ) -> Result<u64, MirrorError> {
-    let (chunks_tx, mut chunks_rx) = mpsc::channel::<Bytes>(PIPE_DEPTH);
-    let file = spool.file.clone();
-    let prog = progress.clone();
-    // Writes and hashes beside the network task, so the two overlap.
-    let writer = tokio::task::spawn_blocking(move || -> io::Result<Digest> {
+    let (chunks_tx, mut chunks_rx) = mpsc::channel::<Vec<Bytes>>(PIPE_DEPTH);
+    let (hash_tx, hash_rx) = std::sync::mpsc::sync_channel::<Vec<Bytes>>(PIPE_DEPTH);
+    // Network, disk and hash each on their own thread, so that they overlap;
+    // readers are served from the window meanwhile, not from the disk.
+    let hasher = tokio::task::spawn_blocking(move || {
         let mut v = Digest::verifier();
-        while let Some(c) = chunks_rx.blocking_recv() {
-            (&*file).write_all(&c)?;
-            v.update(&c);
-            prog.send_modify(|p| p.written += c.len() as u64);
+        for batch in hash_rx {
+            for c in &batch {
+                v.update(c);
+            }
         }
-        Ok(v.finish())
+        v.finish()
+    });
+    let mut disk = SpoolWriter::new(&spool);
+    let win = window.clone();
+    let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        while let Some(batch) = chunks_rx.blocking_recv() {
+            // Cloning the batch clones handles, not bytes.
+            if hash_tx.send(batch.clone()).is_err() {
+                return Err(io::Error::other("the hashing thread stopped"));
+            }
+            let mut durable = 0;
+            for c in &batch {
+                durable = disk.write(c)?;
+            }
+            win.lock().expect("window lock: no panics while held").prune(durable, WINDOW_KEEP);
+        }
+        disk.finish()
     });
 
     let mut received: u64 = 0;
@@ -339,24 +375,62 @@ async fn run(
         }
         let mut stream = body.stream;
         let mut broke: Option<UpstreamError> = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(c) => {
-                    received += c.len() as u64;
-                    if total.is_some_and(|t| received > t) {
-                        broke =
-                            Some(UpstreamError::Invalid(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
-                        break;
-                    }
-                    if chunks_tx.send(c).await.is_err() {
-                        // The writer stopped: its error is reported below.
-                        break;
-                    }
-                }
-                Err(e) => {
+        loop {
+            // Wait for one chunk, then take what else has already arrived
+            // (up to a batch): one write, one hash hand-off and one wake-up
+            // of the readers per batch instead of per network read, without
+            // delaying the first byte.
+            let mut batch = Vec::new();
+            let mut len = 0usize;
+            let mut ended = false;
+            match stream.next().await {
+                None => break,
+                Some(Err(e)) => {
                     broke = Some(e);
                     break;
                 }
+                Some(Ok(c)) => {
+                    len += c.len();
+                    batch.push(c);
+                }
+            }
+            while len < BATCH_BYTES && batch.len() < BATCH_CHUNKS {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(c))) => {
+                        len += c.len();
+                        batch.push(c);
+                    }
+                    Some(Some(Err(e))) => {
+                        broke = Some(e);
+                        break;
+                    }
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            received += len as u64;
+            if let Some(t) = total.filter(|t| received > *t) {
+                broke = Some(UpstreamError::Invalid(format!("upstream sent more than the {t} bytes it announced")));
+                break;
+            }
+            // Bytes before a break are good: the resume starts after them.
+            // Readers get them at once, from memory; the disk follows.
+            {
+                let mut w = window.lock().expect("window lock: no panics while held");
+                for c in &batch {
+                    w.push(c.clone());
+                }
+            }
+            progress.send_modify(|p| p.available += len as u64);
+            if chunks_tx.send(batch).await.is_err() {
+                // The writer stopped: its error is reported below.
+                break;
+            }
+            if ended || broke.is_some() {
+                break;
             }
         }
         match broke {
@@ -376,8 +450,9 @@ async fn run(
     };
     drop(chunks_tx);
     let written = writer.await.map_err(|e| MirrorError::Internal(format!("blob writer panicked: {e}")))?;
+    let actual = hasher.await.map_err(|e| MirrorError::Internal(format!("blob hasher panicked: {e}")))?;
     net?;
-    let actual = written.map_err(MirrorError::store)?;
+    written.map_err(MirrorError::store)?;
     if &actual != digest {
         return Err(MirrorError::DigestMismatch { expected: digest.clone(), actual });
     }
@@ -389,6 +464,177 @@ async fn run(
     Ok(size)
 }
 
+/// The newest bytes of a download, as the network delivered them. A batch
+/// leaves only once it is on disk and at least [`WINDOW_KEEP`] newer bytes
+/// are here, so every byte is always in the window or in the spool.
+#[derive(Default)]
+pub(crate) struct Window {
+    /// Offset of the first byte held.
+    start: u64,
+    chunks: std::collections::VecDeque<Bytes>,
+    /// Offset just past the last byte held.
+    end: u64,
+}
+
+/// Bytes kept in memory behind the head for readers that follow closely.
+const WINDOW_KEEP: u64 = 8 * 1024 * 1024;
+
+impl Window {
+    fn push(&mut self, b: Bytes) {
+        self.end += b.len() as u64;
+        self.chunks.push_back(b);
+    }
+
+    /// Up to `max` bytes at `pos`, sharing the buffer, if still held.
+    fn slice(&self, pos: u64, max: usize) -> Option<Bytes> {
+        if pos < self.start || pos >= self.end {
+            return None;
+        }
+        // Readers are usually near the head: search from the newest.
+        let mut chunk_end = self.end;
+        for c in self.chunks.iter().rev() {
+            let chunk_start = chunk_end - c.len() as u64;
+            if pos >= chunk_start {
+                let i = (pos - chunk_start) as usize;
+                return Some(c.slice(i..c.len().min(i + max)));
+            }
+            chunk_end = chunk_start;
+        }
+        None
+    }
+
+    /// Lets go of what is on disk (below `durable`) beyond `keep` bytes.
+    fn prune(&mut self, durable: u64, keep: u64) {
+        while let Some(front) = self.chunks.front() {
+            let front_end = self.start + front.len() as u64;
+            if front_end > durable || self.end - front_end < keep {
+                break;
+            }
+            self.start = front_end;
+            self.chunks.pop_front();
+        }
+    }
+}
+
+/// Writes a download to its spool with `O_DIRECT` from one reused aligned
+/// buffer, so it needs no fresh page cache: on VMs that hand freed memory
+/// back to the host, a gigabyte of new page cache costs seconds, and on any
+/// host a large cold blob would push hot blobs out of it. The unaligned
+/// tail (and every write, where the filesystem refuses `O_DIRECT`, as tmpfs
+/// does) goes through the ordinary descriptor.
+struct SpoolWriter {
+    direct: Option<File>,
+    buffered: Arc<File>,
+    stage: Vec<u8>,
+    /// Where the aligned part of `stage` begins.
+    align_at: usize,
+    staged: usize,
+    /// Bytes on disk (the stage holds the ones after).
+    on_disk: u64,
+}
+
+const DIRECT_ALIGN: usize = 4096;
+const STAGE: usize = 4 * 1024 * 1024;
+
+impl SpoolWriter {
+    fn new(spool: &crate::store::Spool) -> SpoolWriter {
+        #[cfg(target_os = "linux")]
+        let direct = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&spool.path).ok()
+        };
+        #[cfg(not(target_os = "linux"))]
+        let direct = None;
+        let stage = if direct.is_some() { vec![0u8; STAGE + DIRECT_ALIGN] } else { Vec::new() };
+        let align_at = stage.as_ptr().align_offset(DIRECT_ALIGN);
+        SpoolWriter { direct, buffered: spool.file.clone(), stage, align_at, staged: 0, on_disk: 0 }
+    }
+
+    /// Appends `data`; returns how many bytes are now on disk.
+    fn write(&mut self, mut data: &[u8]) -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let Some(direct) = &self.direct else {
+            self.buffered.write_all_at(data, self.on_disk)?;
+            self.on_disk += data.len() as u64;
+            return Ok(self.on_disk);
+        };
+        while !data.is_empty() {
+            let n = (STAGE - self.staged).min(data.len());
+            let at = self.align_at + self.staged;
+            self.stage[at..at + n].copy_from_slice(&data[..n]);
+            self.staged += n;
+            data = &data[n..];
+            if self.staged == STAGE {
+                direct.write_all_at(&self.stage[self.align_at..self.align_at + STAGE], self.on_disk)?;
+                self.on_disk += STAGE as u64;
+                self.staged = 0;
+            }
+        }
+        Ok(self.on_disk)
+    }
+
+    /// Writes what is staged: whole blocks directly, the tail buffered.
+    fn finish(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if let Some(direct) = &self.direct {
+            let aligned = self.staged & !(DIRECT_ALIGN - 1);
+            let base = self.align_at;
+            if aligned > 0 {
+                direct.write_all_at(&self.stage[base..base + aligned], self.on_disk)?;
+            }
+            self.buffered.write_all_at(&self.stage[base + aligned..base + self.staged], self.on_disk + aligned as u64)?;
+            self.on_disk += self.staged as u64;
+            self.staged = 0;
+        }
+        Ok(())
+    }
+}
+
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64 << attempt.min(6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_slices_and_keeps_what_is_not_on_disk() {
+        let mut w = Window::default();
+        for i in 0..4u8 {
+            w.push(Bytes::from(vec![i; 10]));
+        }
+        assert_eq!(w.slice(15, 100).unwrap(), Bytes::from(vec![1u8; 5]));
+        assert_eq!(w.slice(0, 3).unwrap(), Bytes::from(vec![0u8; 3]));
+        assert!(w.slice(40, 1).is_none());
+        // Only bytes on disk leave, and only beyond what is kept.
+        w.prune(15, 0);
+        assert_eq!((w.start, w.end), (10, 40));
+        assert!(w.slice(5, 1).is_none());
+        w.prune(40, 20);
+        assert_eq!(w.start, 20);
+        assert_eq!(w.slice(39, 10).unwrap(), Bytes::from(vec![3u8; 1]));
+    }
+
+    /// Direct writes (ext4 under the tempdir) and the buffered fallback
+    /// (tmpfs refuses O_DIRECT) write the same bytes, tail included.
+    #[test]
+    fn spool_writer_direct_and_fallback() {
+        let data: Vec<u8> = (0..(STAGE * 2 + 5000)).map(|i| (i * 7 % 251) as u8).collect();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())];
+        for dir in &dirs {
+            let path = dir.path().join("s.spool");
+            let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+            let spool = crate::store::Spool { file: Arc::new(file), path: path.clone() };
+            let mut w = SpoolWriter::new(&spool);
+            let mut durable = 0;
+            for piece in data.chunks(70_001) {
+                durable = w.write(piece).unwrap();
+                assert!(durable <= data.len() as u64);
+            }
+            assert!(w.direct.is_none() || durable == 2 * STAGE as u64, "direct writes land a stage at a time");
+            w.finish().unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), data, "{}", dir.path().display());
+        }
+    }
 }

@@ -71,12 +71,23 @@ pub trait Store: Send + Sync + 'static {
     fn list(&self) -> BoxFuture<'_, io::Result<Vec<(Digest, u64)>>>;
 }
 
-/// Reads `len` bytes at `offset` from `file` (a positioned read: the file's
-/// cursor is not used, so many readers share one descriptor). Returns fewer
-/// bytes only at the end of the file.
-pub fn read_chunk(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+/// Reads up to `len` bytes at `offset` from `file` on the blocking pool
+/// (a positioned read: the file's cursor is not used, so many readers
+/// share one descriptor). Returns fewer bytes only at the end of the file.
+///
+/// The buffer is allocated here, on the calling (async) thread, not in the
+/// blocking thread: glibc gives each thread its own arena, and buffers
+/// allocated across hundreds of blocking threads but freed by the few
+/// threads that send them fragment into a resident size several times the
+/// bytes in flight.
+pub async fn read_chunk(file: Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
+    let buf = vec![0u8; len];
+    tokio::task::spawn_blocking(move || read_into(&file, offset, buf)).await.map_err(io::Error::other)?
+}
+
+fn read_into(file: &File, offset: u64, mut buf: Vec<u8>) -> io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; len];
+    let len = buf.len();
     let mut filled = 0;
     while filled < len {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -91,22 +102,55 @@ pub fn read_chunk(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
 }
 
 /// A stream of `range` of an open file, read in [`CHUNK`]s on the blocking
-/// pool. The file must hold at least `range.end` bytes.
+/// pool, one chunk ahead: the next read runs while the previous chunk is
+/// being sent, so disk and socket overlap. Memory per stream stays at two
+/// chunks. The file must hold at least `range.end` bytes.
 pub fn file_stream(file: Arc<File>, range: Range<u64>) -> ByteStream {
-    Box::pin(futures_util::stream::try_unfold((file, range.start), move |(file, pos)| {
-        let end = range.end;
-        async move {
-            if pos >= end {
-                return Ok(None);
-            }
-            let len = (end - pos).min(CHUNK as u64) as usize;
-            let f = file.clone();
-            let chunk = tokio::task::spawn_blocking(move || read_chunk(&f, pos, len)).await.map_err(io::Error::other)??;
-            if chunk.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob file is shorter than recorded"));
-            }
-            let next = pos + chunk.len() as u64;
-            Ok(Some((chunk, (file, next))))
+    Box::pin(FileStream { file, pos: range.start, end: range.end, ahead: None })
+}
+
+struct FileStream {
+    file: Arc<File>,
+    /// Where the read in flight (or the next one) starts.
+    pos: u64,
+    end: u64,
+    ahead: Option<futures_util::future::BoxFuture<'static, io::Result<Bytes>>>,
+}
+
+impl FileStream {
+    fn start_read(&mut self) {
+        if self.ahead.is_none() && self.pos < self.end {
+            let len = (self.end - self.pos).min(CHUNK as u64) as usize;
+            self.ahead = Some(Box::pin(read_chunk(self.file.clone(), self.pos, len)));
         }
-    }))
+    }
+}
+
+impl futures_util::Stream for FileStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        self.start_read();
+        let Some(h) = self.ahead.as_mut() else { return Poll::Ready(None) };
+        let r = match h.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        self.ahead = None;
+        let chunk = match r {
+            Ok(c) if c.is_empty() => {
+                self.pos = self.end;
+                return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob file is shorter than recorded"))));
+            }
+            Ok(c) => c,
+            Err(e) => {
+                self.pos = self.end;
+                return Poll::Ready(Some(Err(e)));
+            }
+        };
+        self.pos += chunk.len() as u64;
+        self.start_read();
+        Poll::Ready(Some(Ok(chunk)))
+    }
 }
