@@ -33,6 +33,10 @@ pub struct ServerConfig {
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// After SIGTERM: how long requests and downloads in flight may take to
+    /// finish before they are cut (a cut download leaves nothing behind).
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

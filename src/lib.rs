@@ -49,8 +49,11 @@ impl App {
         let store = store::FsStore::open(root).with_context(|| format!("cannot open the store under {}", root.display()))?;
         let index = index::Index::open(&root.join("index.db"))?;
         let mirror = mirror::Mirror::new(config, Arc::new(store), index, clock).map_err(anyhow::Error::msg)?;
-        let opts =
-            http::ServerOptions { header_read_timeout: config.server.header_read_timeout, max_connections: config.server.max_connections };
+        let opts = http::ServerOptions {
+            header_read_timeout: config.server.header_read_timeout,
+            max_connections: config.server.max_connections,
+            shutdown_grace: config.server.shutdown_grace,
+        };
         Ok(App { mirror: Arc::new(mirror), reconciled: Default::default(), opts })
     }
 
@@ -68,6 +71,13 @@ impl App {
     /// Serves until `shutdown` completes; then drains connections, waits for
     /// downloads in flight and stops the sweeper.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let mirror = self.mirror.clone();
+        // Downloads start their grace period when the signal comes, together
+        // with the responses in flight.
+        let shutdown = async move {
+            shutdown.await;
+            mirror.begin_shutdown();
+        };
         http::serve(listener, self.mirror.clone(), self.opts, shutdown).await;
         self.mirror.shutdown().await;
     }

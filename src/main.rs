@@ -36,6 +36,13 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Re-hash every stored blob and manifest and check the index against
+    /// the files. Prints each problem; exits non-zero when there is one.
+    Verify {
+        /// A TOML file laid over the embedded defaults (see mirror.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +93,23 @@ fn try_main() -> anyhow::Result<()> {
                 println!("{report}");
                 Ok(())
             })
+        }
+        Command::Verify { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            init_logging(cfg.log.format);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+            let report = rt.block_on(async move {
+                let app = regmirror::App::open(&cfg, regmirror::clock::Clock::system()).await?;
+                let report = app.mirror.verify().await.context("verify failed")?;
+                app.mirror.shutdown().await;
+                anyhow::Ok(report)
+            })?;
+            println!("{report}");
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("the store has {} problem(s)", report.problems.len()))
+            }
         }
     }
 }

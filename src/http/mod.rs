@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 pub struct ServerOptions {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    pub shutdown_grace: Duration,
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and
@@ -78,7 +79,9 @@ pub async fn serve(listener: TcpListener, mirror: Arc<Mirror>, opts: ServerOptio
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?opts.shutdown_grace, "responses still in flight after the grace period; closing them");
+    }
 }
 
 async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {

@@ -113,6 +113,10 @@ pub struct FillContext {
     pub clock: Clock,
     pub tasks: TaskTracker,
     pub usage: Arc<super::lifecycle::Usage>,
+    /// Cancelled at shutdown: downloads get `grace` to finish, then stop
+    /// (their spool is removed).
+    pub cancel: tokio_util::sync::CancellationToken,
+    pub grace: Duration,
 }
 
 impl Fills {
@@ -161,7 +165,13 @@ impl Fills {
         let fills = self.clone();
         let ctx2 = ctx.clone();
         ctx.tasks.spawn(async move {
-            let outcome = run(&ctx2, &upstream, &repo, &digest, spool, &window, &tx).await;
+            let outcome = tokio::select! {
+                r = run(&ctx2, &upstream, &repo, &digest, spool, &window, &tx) => r,
+                _ = async {
+                    ctx2.cancel.cancelled().await;
+                    tokio::time::sleep(ctx2.grace).await;
+                } => Err(MirrorError::Internal("the mirror shut down before the download ended".into())),
+            };
             // Remove only after committing, so that a new request finds
             // either this fill or the stored blob.
             fills.map.lock().expect("fills lock: no panics while held").remove(&digest);

@@ -192,3 +192,77 @@ impl Mirror {
         });
     }
 }
+
+/// What `regmirror verify` found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub objects: usize,
+    pub bytes: u64,
+    /// Each problem, in words an operator can act on.
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.problems {
+            writeln!(f, "problem: {p}")?;
+        }
+        write!(f, "checked {} objects, {} re-hashed; {} problem(s)", self.objects, bytesize::ByteSize(self.bytes), self.problems.len())?;
+        if !self.problems.is_empty() {
+            write!(f, "\nto repair: restart `regmirror serve` (it drops index rows whose file is gone); delete a corrupt file under blobs/ and it is fetched again")?;
+        }
+        Ok(())
+    }
+}
+
+impl Mirror {
+    /// Re-hashes every stored object and checks the index against the files:
+    /// every row has a file of the recorded size, every file has a row, every
+    /// manifest parses, every tag points at a stored manifest.
+    pub async fn verify(&self) -> Result<VerifyReport, MirrorError> {
+        use futures_util::StreamExt;
+        let mut r = VerifyReport::default();
+        let files = self.store.list().await.map_err(MirrorError::store)?;
+        let graph = self.index.graph().await?;
+        let rows: std::collections::HashMap<&str, u64> =
+            graph.manifests.iter().map(|m| (m.0.as_str(), m.1)).chain(graph.blobs.iter().map(|b| (b.0.as_str(), b.1))).collect();
+        let manifests: HashSet<&str> = graph.manifests.iter().map(|m| m.0.as_str()).collect();
+        let on_disk: std::collections::HashMap<String, u64> = files.iter().map(|(d, s)| (d.to_string(), *s)).collect();
+        for (d, size) in &files {
+            r.objects += 1;
+            let Some(mut body) = self.store.read(d, 0..*size).await.map_err(MirrorError::store)? else { continue };
+            let mut v = Digest::verifier();
+            while let Some(chunk) = body.next().await {
+                v.update(&chunk.map_err(MirrorError::store)?);
+            }
+            r.bytes += v.len();
+            let actual = v.finish();
+            if &actual != d {
+                r.problems.push(format!("{d}: the file's content hashes to {actual}; it is corrupt"));
+            }
+            match rows.get(d.to_string().as_str()) {
+                None => r.problems.push(format!("{d}: file without an index row")),
+                Some(s) if s != size => r.problems.push(format!("{d}: the index says {s} bytes, the file has {size}")),
+                _ => {}
+            }
+            if manifests.contains(d.to_string().as_str()) {
+                let Some(bytes) = self.store.read_small(d, crate::oci::MAX_MANIFEST_SIZE).await.map_err(MirrorError::store)? else {
+                    continue;
+                };
+                let mt = self.index.manifest(d).await?.map(|m| m.media_type).unwrap_or_default();
+                if let Err(e) = crate::oci::parse_manifest(&bytes, &mt) {
+                    r.problems.push(format!("{d}: stored manifest does not parse: {e}"));
+                }
+            }
+        }
+        for (d, _) in rows.iter().filter(|(d, _)| !on_disk.contains_key(**d)) {
+            r.problems.push(format!("{d}: index row without a file"));
+        }
+        for (u, repo, tag, d) in &graph.tags {
+            if !manifests.contains(d.as_str()) {
+                r.problems.push(format!("tag {u}/{repo}:{tag} points at {d}, which is not a stored manifest"));
+            }
+        }
+        Ok(r)
+    }
+}

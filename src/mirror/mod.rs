@@ -14,7 +14,7 @@ mod lifecycle;
 mod range;
 
 pub use error::{ForObject, MirrorError, Object};
-pub use lifecycle::{Reconciled, SweepReport};
+pub use lifecycle::{Reconciled, SweepReport, VerifyReport};
 pub use range::ByteRange;
 
 use crate::clock::Clock;
@@ -143,6 +143,7 @@ impl Mirror {
             pins,
         };
         let usage = Arc::new(lifecycle::Usage::new(limits.watermarks.map(|w| w.0)));
+        let cancel = tokio_util::sync::CancellationToken::new();
         Ok(Mirror {
             upstreams,
             offline: config.offline,
@@ -152,6 +153,8 @@ impl Mirror {
                 clock: clock.clone(),
                 tasks: tasks.clone(),
                 usage: usage.clone(),
+                cancel: cancel.clone(),
+                grace: config.server.shutdown_grace,
             }),
             index,
             store,
@@ -166,7 +169,7 @@ impl Mirror {
             usage,
             touched: Default::default(),
             sweep_lock: tokio::sync::Mutex::new(()),
-            cancel: tokio_util::sync::CancellationToken::new(),
+            cancel,
         })
     }
 
@@ -181,8 +184,14 @@ impl Mirror {
         self.fills.readers(digest)
     }
 
-    /// Stops the sweeper, waits for the downloads in flight to end, and
-    /// writes the last access times.
+    /// Stops the sweeper and gives the downloads in flight the grace period.
+    pub fn begin_shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Stops the sweeper, waits for the downloads in flight to end (at most
+    /// the grace period after [`Mirror::begin_shutdown`]), and writes the
+    /// last access times.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.tasks.close();

@@ -7,6 +7,7 @@ mod common;
 
 mod cli;
 mod coalesce;
+mod crash;
 mod faults;
 mod lifecycle;
 mod protocol;

@@ -92,6 +92,23 @@ impl Fake {
         self.gate.send_replace(true);
     }
 
+    pub fn close_gate(&self) {
+        self.gate.send_replace(false);
+    }
+
+    /// Serves `img` (by tag and by digest), holding every blob over 1 MiB
+    /// at `hold_at` until the gate opens.
+    pub fn add_image(&self, img: &super::images::Image, hold_at: Option<u64>) {
+        for m in std::iter::once(&img.top).chain(img.children.iter()) {
+            self.add_manifest(&img.repo, &m.digest, &m.media_type, m.bytes.clone());
+        }
+        self.add_manifest(&img.repo, &img.tag, &img.top.media_type, img.top.bytes.clone());
+        for b in &img.blobs {
+            let hold = hold_at.filter(|_| b.bytes.len() > 1024 * 1024);
+            self.add_blob(&b.digest, BlobSpec { hold_at: hold, ..BlobSpec::new(b.bytes.clone()) });
+        }
+    }
+
     pub fn hold_manifests(&self, hold: bool) {
         self.manifest_gate.send_replace(!hold);
     }

@@ -121,10 +121,26 @@ impl MirrorProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL: a crash.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// SIGTERM, and waits (bounded) for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait_exit()
+    }
+
+    pub fn sigterm(&self) {
+        unsafe_kill(self.child.as_ref().expect("running").id(), 15);
+    }
+
+    /// Waits (at most 6 s) for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        unsafe_kill(c.id(), 15);
         for _ in 0..300 {
             if let Some(s) = c.try_wait().unwrap() {
                 return s;
