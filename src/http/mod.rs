@@ -41,12 +41,6 @@ pub async fn serve(listener: TcpListener, mirror: Arc<Mirror>, opts: ServerOptio
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        // Take a permit before accepting: past the limit, connections wait
-        // in the kernel's backlog instead of costing memory here.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -58,6 +52,13 @@ pub async fn serve(listener: TcpListener, mirror: Arc<Mirror>, opts: ServerOptio
                 }
             },
             _ = &mut shutdown => break,
+        };
+        // Past the cap a connection gets a short 503 and is closed, so a
+        // client sees why (Docker then falls back to its upstream) and the
+        // mirror's memory stays bounded.
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_busy(stream));
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let mirror = mirror.clone();
@@ -82,6 +83,25 @@ pub async fn serve(listener: TcpListener, mirror: Arc<Mirror>, opts: ServerOptio
     if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?opts.shutdown_grace, "responses still in flight after the grace period; closing them");
     }
+}
+
+/// Answers a connection over `server.max_connections` with a 503 and closes it.
+async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = r#"{"errors":[{"code":"UNAVAILABLE","message":"the mirror is serving its maximum number of connections (server.max_connections); retry shortly","detail":null}]}"#;
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\ndocker-distribution-api-version: registry/2.0\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        // Read the request first: closing with unread bytes would reset the
+        // connection before the client reads the answer.
+        let mut buf = [0u8; 8192];
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+        let _ = stream.write_all(resp.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {

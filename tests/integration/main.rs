@@ -9,6 +9,7 @@ mod cli;
 mod coalesce;
 mod crash;
 mod faults;
+mod hostile;
 mod lifecycle;
 mod protocol;
 mod pull;
