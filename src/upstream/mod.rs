@@ -112,7 +112,7 @@ impl Upstream {
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(redirect_policy(&cfg.url))
             .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("upstream {}: cannot build HTTP client: {e}", cfg.name))?;
@@ -303,6 +303,26 @@ impl Upstream {
         out.dedup();
         Ok(out)
     }
+}
+
+/// Redirects are followed within the upstream's own host, and to other
+/// hosts only for blob downloads (Docker Hub sends them to its CDN): a
+/// manifest, tag or token request is never sent anywhere else. reqwest
+/// drops `Authorization` on a redirect to another host.
+fn redirect_policy(base: &url::Url) -> reqwest::redirect::Policy {
+    let origin = base.origin();
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("too many redirects (5)");
+        }
+        let same_host = attempt.url().origin() == origin;
+        let blob = attempt.previous().first().is_some_and(|u| u.path().contains("/blobs/sha256:"));
+        if same_host || blob {
+            attempt.follow()
+        } else {
+            attempt.error("the upstream redirected a non-blob request to another host; refused")
+        }
+    })
 }
 
 /// `bytes S-E/T` → (S, Some(T)); `T` may be `*`.

@@ -153,3 +153,87 @@ async fn slow_clients_are_timed_out_and_excess_connections_get_503() {
     let r = crate::common::client().get(format!("{}/v2/", m.url())).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A listener that counts the connections it accepts.
+async fn trap() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (port, n, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_makes_the_mirror_connect_anywhere_else() {
+    use crate::common::{accept_all, client};
+    let (port, hits, _t) = trap().await;
+    let fake = Fake::start().await;
+    let m = TestMirror::start(&upstream_toml("docker.io", &fake.url())).await;
+    let c = client();
+    let trap_host = format!("127.0.0.1:{port}");
+    let attempts = [
+        format!("{}/v2/library/x/manifests/1?ns={trap_host}", m.url()),
+        format!("{}/v2/{trap_host}/library/x/manifests/1", m.url()),
+        format!("{}/v2/library/x/manifests/1?ns=http://{trap_host}/", m.url()),
+        format!("{}/v2/http:%2f%2f{trap_host}/x/manifests/1", m.url()),
+        format!("{}/v2/library/x/blobs/sha256:{}?ns={trap_host}", m.url(), "1".repeat(64)),
+    ];
+    for u in &attempts {
+        let r = accept_all(c.get(u)).header("host", &trap_host).header("x-forwarded-host", &trap_host).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{u}: {}", r.status());
+    }
+    // Headers that name another host are ignored: the request goes to the configured upstream.
+    let r = accept_all(c.get(format!("{}/v2/library/x/manifests/1", m.url())))
+        .header("host", &trap_host)
+        .header("x-forwarded-host", &trap_host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // An upstream that redirects a manifest request elsewhere is refused.
+    fake.redirect_manifests_to(&format!("http://{trap_host}"));
+    let r = accept_all(c.get(format!("{}/v2/library/x/manifests/2", m.url()))).send().await.unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the mirror connected to a host nobody configured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_tokens_never_reach_the_log() {
+    use crate::common::images::Catalog;
+    use crate::common::mirror::MirrorProcess;
+    use crate::common::registry::Registry;
+    use crate::common::token::{PASSWORD, USER};
+    let cat = Catalog::get();
+    let reg = Registry::start_with_token_auth().await;
+    reg.push(&cat.private).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nroot = \"{}\"\n{}username = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+            dir.path().join("store").display(),
+            upstream_toml("docker.io", &reg.url())
+        ),
+    )
+    .unwrap();
+    let mut p = MirrorProcess::spawn(&config, port, &[("RUST_LOG", "trace")]).await;
+    crate::common::skopeo::copy_ok(&format!("docker://127.0.0.1:{port}/private/secret:1"), &dir.path().join("out"), &[]).await;
+    p.terminate();
+    let log = p.log_text();
+    assert!(log.contains("request"), "no request lines were logged");
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let token = reg.token_server().unwrap().mint("private/secret", &["pull"]);
+    let token_head = &token[..token.find('.').unwrap()];
+    for secret in [PASSWORD, basic.as_str(), token_head, "Bearer ey"] {
+        assert!(!log.contains(secret), "{secret:?} appeared in the log at RUST_LOG=trace");
+    }
+}

@@ -39,6 +39,8 @@ struct State {
     require: Option<String>,
     /// Answer blob GETs with a 307 to this base URL (another server).
     redirect_blobs: Option<String>,
+    /// Answer manifest requests with a 307 to this base URL.
+    redirect_manifests: Option<String>,
 }
 
 pub struct Fake {
@@ -88,6 +90,11 @@ impl Fake {
         self.state.lock().unwrap().redirect_blobs = Some(base.to_owned());
     }
 
+    /// Sends manifest requests elsewhere with a 307 (what a mirror must refuse).
+    pub fn redirect_manifests_to(&self, base: &str) {
+        self.state.lock().unwrap().redirect_manifests = Some(base.to_owned());
+    }
+
     pub fn open_gate(&self) {
         self.gate.send_replace(true);
     }
@@ -131,7 +138,7 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let range = req.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (require, redirect) = {
+    let (require, redirect, redirect_m) = {
         let mut st = state.lock().unwrap();
         st.log.push(format!(
             "{} {} range={} auth={}",
@@ -140,8 +147,13 @@ async fn handle(
             range.as_deref().unwrap_or("-"),
             if auth.is_some() { "yes" } else { "no" }
         ));
-        (st.require.clone(), st.redirect_blobs.clone())
+        (st.require.clone(), st.redirect_blobs.clone(), st.redirect_manifests.clone())
     };
+    if let (Some(base), true) = (redirect_m, path.contains("/manifests/")) {
+        let mut r = respond(307, "");
+        r.headers_mut().insert("location", format!("{base}{path}").parse().unwrap());
+        return r;
+    }
     if require.is_some() && auth != require {
         let mut r = respond(401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#);
         r.headers_mut().insert("www-authenticate", "Basic realm=\"fake\"".parse().unwrap());
