@@ -87,7 +87,7 @@ impl From<MirrorError> for ApiError {
             }
             ref err @ MirrorError::Store(_) if err.is_disk_full() => {
                 tracing::error!(error = %msg, "store is full");
-                ApiError::new(S::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the mirror's disk is full; free space or lower storage.max_size")
+                ApiError::new(S::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the mirror's disk is full: nothing more can be cached until space is freed (set storage.max_size below the disk's size, and old images are evicted to make room)")
             }
             MirrorError::Store(_) | MirrorError::Index(_) | MirrorError::Internal(_) => {
                 tracing::error!(error = %msg, "internal error");

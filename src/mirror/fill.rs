@@ -41,6 +41,8 @@ const PIPE_DEPTH: usize = 4;
 /// count stays under the kernel's limit for one vectored write).
 const BATCH_BYTES: usize = 1024 * 1024;
 const BATCH_CHUNKS: usize = 512;
+/// Space left free beside a download (the index and other writers need some).
+const DISK_MARGIN: u64 = 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub enum FillState {
@@ -376,6 +378,14 @@ async fn run(
         };
         if received == 0 {
             total = body.total;
+            // Refuse before streaming what cannot fit: the client gets a
+            // clear 503 instead of a transfer cut when the disk fills.
+            if let (Some(t), Some(free)) = (total, ctx.store.free_space()) {
+                if free < t.saturating_add(DISK_MARGIN) {
+                    tracing::error!(%digest, size = t, free, "not enough disk space for this blob");
+                    break Err(MirrorError::store(io::Error::from_raw_os_error(libc::ENOSPC)));
+                }
+            }
             progress.send_modify(|p| {
                 p.total = total;
                 p.state = FillState::Streaming;

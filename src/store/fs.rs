@@ -160,6 +160,15 @@ impl Store for FsStore {
         self.path(d).is_file()
     }
 
+    fn free_space(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.root.join("tmp").as_os_str().as_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid C string and `st` a valid out-parameter.
+        let r = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+        (r == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
     fn list(&self) -> BoxFuture<'_, io::Result<Vec<(Digest, u64)>>> {
         let dir = self.root.join("blobs/sha256");
         Box::pin(blocking(move || {

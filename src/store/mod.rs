@@ -69,6 +69,9 @@ pub trait Store: Send + Sync + 'static {
     fn has_local(&self, digest: &Digest) -> bool;
     /// Every stored object with its size.
     fn list(&self) -> BoxFuture<'_, io::Result<Vec<(Digest, u64)>>>;
+    /// Bytes that can still be written where downloads are spooled, when
+    /// the backend can tell.
+    fn free_space(&self) -> Option<u64>;
 }
 
 /// Reads up to `len` bytes at `offset` from `file` on the blocking pool

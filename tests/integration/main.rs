@@ -8,6 +8,7 @@ mod common;
 mod cli;
 mod coalesce;
 mod crash;
+mod diskfull;
 mod faults;
 mod hostile;
 mod lifecycle;
