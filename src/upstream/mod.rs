@@ -143,6 +143,7 @@ impl Upstream {
         let url = format!("{}/v2/{}", self.base, path);
         let scope = format!("repository:{}:pull", repo.as_str());
         let mut retried_auth = false;
+        let mut retried_closed = false;
         loop {
             let mut req = self.http.request(method.clone(), &url).headers(headers.clone());
             if let Some(h) = self.auth.header_for(&scope).await {
@@ -150,6 +151,14 @@ impl Upstream {
             }
             let resp = match tokio::time::timeout(self.header_timeout, req.send()).await {
                 Err(_) => return Err(UpstreamError::Unavailable(format!("no response headers within {:?}", self.header_timeout))),
+                // The connection closed before the response head, as happens
+                // when the upstream drops a pooled keep-alive connection just
+                // as it is reused: GET and HEAD are safe to send once more.
+                Ok(Err(e)) if !retried_closed && !e.is_connect() && !e.is_timeout() => {
+                    tracing::debug!(error = %transport_error(e), "upstream closed the connection before answering; retrying once");
+                    retried_closed = true;
+                    continue;
+                }
                 Ok(Err(e)) => return Err(transport_error(e)),
                 Ok(Ok(r)) => r,
             };

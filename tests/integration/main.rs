@@ -12,5 +12,6 @@ mod diskfull;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod matrix;
 mod protocol;
 mod pull;

@@ -22,11 +22,30 @@ pub struct BlobSpec {
     pub cuts: usize,
     /// Answer `Range` with 206; else ignore it and send 200 with everything.
     pub ranges: bool,
+    /// Answer with this status and no body, on the first `cuts` requests.
+    pub status: Option<u16>,
+    /// Send no Content-Length (a chunked body).
+    pub no_length: bool,
+    /// Redirect blob requests to this same path (a redirect loop).
+    pub loop_redirect: bool,
+    /// Hold at `hold_at` on the first `cuts` requests only, whatever the
+    /// gate (a stall that the mirror's idle timeout and resume get past).
+    pub stall_first: bool,
 }
 
 impl BlobSpec {
     pub fn new(bytes: impl Into<Bytes>) -> BlobSpec {
-        BlobSpec { bytes: bytes.into(), hold_at: None, cut_at: None, cuts: 0, ranges: true }
+        BlobSpec {
+            bytes: bytes.into(),
+            hold_at: None,
+            cut_at: None,
+            cuts: 0,
+            ranges: true,
+            status: None,
+            no_length: false,
+            loop_redirect: false,
+            stall_first: false,
+        }
     }
 }
 
@@ -41,6 +60,9 @@ struct State {
     redirect_blobs: Option<String>,
     /// Answer manifest requests with a 307 to this base URL.
     redirect_manifests: Option<String>,
+    /// Demand a Bearer token from this realm; `/token` here answers `token_body`.
+    bearer_realm: Option<String>,
+    token_body: String,
 }
 
 pub struct Fake {
@@ -88,6 +110,14 @@ impl Fake {
     /// Sends blob GETs elsewhere with a 307, as Docker Hub does to its CDN.
     pub fn redirect_blobs_to(&self, base: &str) {
         self.state.lock().unwrap().redirect_blobs = Some(base.to_owned());
+    }
+
+    /// Demands a Bearer token from `realm` (use `self.url() + "/token"` for
+    /// this fake's own endpoint, which answers `token_body`).
+    pub fn require_bearer(&self, realm: Option<&str>, token_body: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.bearer_realm = realm.map(str::to_owned);
+        st.token_body = token_body.to_owned();
     }
 
     /// Sends manifest requests elsewhere with a 307 (what a mirror must refuse).
@@ -138,7 +168,11 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let range = req.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (require, redirect, redirect_m) = {
+    if path == "/token" {
+        let body = state.lock().unwrap().token_body.clone();
+        return respond(200, body);
+    }
+    let (require, redirect, redirect_m, realm) = {
         let mut st = state.lock().unwrap();
         st.log.push(format!(
             "{} {} range={} auth={}",
@@ -147,8 +181,15 @@ async fn handle(
             range.as_deref().unwrap_or("-"),
             if auth.is_some() { "yes" } else { "no" }
         ));
-        (st.require.clone(), st.redirect_blobs.clone(), st.redirect_manifests.clone())
+        (st.require.clone(), st.redirect_blobs.clone(), st.redirect_manifests.clone(), st.bearer_realm.clone())
     };
+    if let Some(realm) = realm {
+        if auth.as_deref() != Some("Bearer good-token") {
+            let mut r = respond(401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}"#);
+            r.headers_mut().insert("www-authenticate", format!("Bearer realm=\"{realm}\",service=\"fake\"").parse().unwrap());
+            return r;
+        }
+    }
     if let (Some(base), true) = (redirect_m, path.contains("/manifests/")) {
         let mut r = respond(307, "");
         r.headers_mut().insert("location", format!("{base}{path}").parse().unwrap());
@@ -200,24 +241,45 @@ async fn handle(
         }
         this
     };
+    if spec.loop_redirect {
+        let mut r = respond(307, "");
+        r.headers_mut().insert("location", path.parse().unwrap());
+        return r;
+    }
+    if let (Some(st), true) = (spec.status, spec.cuts > 0) {
+        let mut r = respond(st, r#"{"errors":[{"code":"UNKNOWN","message":"injected"}]}"#);
+        if st == 429 {
+            r.headers_mut().insert("retry-after", "1".parse().unwrap());
+        }
+        return r;
+    }
     let total = spec.bytes.len() as u64;
     let start = match (&range, spec.ranges) {
         (Some(r), true) => r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
         _ => 0,
     };
-    let mut b = http::Response::builder()
-        .header("content-type", "application/octet-stream")
-        .header("content-length", total - start)
-        .header("docker-content-digest", &digest);
+    let mut b = http::Response::builder().header("content-type", "application/octet-stream").header("docker-content-digest", &digest);
+    if !spec.no_length {
+        b = b.header("content-length", total - start);
+    }
     b = if start > 0 { b.status(206).header("content-range", format!("bytes {start}-{}/{total}", total - 1)) } else { b.status(200) };
     if head {
         return b.body(super::full(Bytes::new())).unwrap();
     }
     let cut = if spec.cuts > 0 { spec.cut_at } else { None };
     let bytes = spec.bytes.clone();
-    let hold = spec.hold_at;
+    let (hold, stall) = match (spec.stall_first, spec.cuts > 0) {
+        (true, true) => (spec.hold_at, true),
+        (true, false) => (None, false),
+        (false, _) => (spec.hold_at, false),
+    };
     let stream = async_stream(bytes, start, hold, cut, async move {
-        let _ = gate.wait_for(|open| *open).await;
+        if stall {
+            // Longer than any idle timeout the tests configure; bounded.
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        } else {
+            let _ = gate.wait_for(|open| *open).await;
+        }
     });
     b.body(TestBody::new(http_body_util::StreamBody::new(stream).boxed())).unwrap()
 }
@@ -259,4 +321,60 @@ fn async_stream(
             Some((Ok(hyper::body::Frame::data(chunk)), (end, released)))
         }
     })
+}
+
+/// A raw TCP upstream for faults below HTTP: it answers every request with
+/// `response`, cut after `cut` bytes (or never answers, with `hang`).
+pub struct RawFault {
+    pub addr: std::net::SocketAddr,
+    state: Arc<Mutex<(Vec<u8>, Option<usize>, bool)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawFault {
+    pub async fn start() -> RawFault {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let state: Arc<Mutex<(Vec<u8>, Option<usize>, bool)>> = Arc::new(Mutex::new((Vec::new(), None, false)));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (resp, cut, hang) = st.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut seen = Vec::new();
+                    // Read the request head (bounded).
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 65536 {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if hang {
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                        return;
+                    }
+                    let n = cut.unwrap_or(resp.len()).min(resp.len());
+                    let _ = s.write_all(&resp[..n]).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        RawFault { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, response: Vec<u8>, cut: Option<usize>, hang: bool) {
+        *self.state.lock().unwrap() = (response, cut, hang);
+    }
+}
+
+impl Drop for RawFault {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
