@@ -321,6 +321,27 @@ impl Index {
         .await
     }
 
+    /// Records a stored manifest found without a row (a rebuilt index): its
+    /// type and references, with no repository (learned again on pulls).
+    pub async fn adopt_manifest(&self, digest: &Digest, size: u64, info: &ManifestInfo, now: i64) -> Result<(), IndexError> {
+        let (d, mt) = (digest.to_string(), info.media_type.clone());
+        let is_index = info.kind == ManifestKind::Index;
+        let refs: Vec<(String, &'static str)> =
+            info.blobs.iter().map(|b| (b.to_string(), "blob")).chain(info.manifests.iter().map(|m| (m.to_string(), "manifest"))).collect();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT OR IGNORE INTO manifests (digest, media_type, size, is_index, created_at, last_access) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![d, mt, size as i64, is_index, now],
+            )?;
+            for (child, kind) in &refs {
+                tx.execute("INSERT OR IGNORE INTO manifest_refs (manifest_digest, child_digest, kind) VALUES (?1, ?2, ?3)", params![d, child, kind])?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
     /// Forgets objects whose files are gone (repair at start).
     pub async fn forget(&self, digests: Vec<String>) -> Result<(), IndexError> {
         self.call(move |c| {

@@ -152,7 +152,20 @@ impl Mirror {
         self.index.forget(missing).await?;
         let now = self.clock.now_ms();
         for (d, size) in files.iter().filter(|(d, _)| !known.contains(d)) {
-            self.index.put_blob(d, *size, now).await?;
+            // A manifest is known by its content (after the index was lost or
+            // rebuilt), so that it is served with its type again.
+            let manifest = if *size <= crate::oci::MAX_MANIFEST_SIZE as u64 {
+                match self.store.read_small(d, crate::oci::MAX_MANIFEST_SIZE).await {
+                    Ok(Some(bytes)) => crate::oci::parse_manifest(&bytes, "").ok().filter(|i| crate::oci::is_manifest_type(&i.media_type)),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            match manifest {
+                Some(info) => self.index.adopt_manifest(d, *size, &info, now).await?,
+                None => self.index.put_blob(d, *size, now).await?,
+            }
             r.files_adopted += 1;
         }
         self.usage.set(self.index.total_size().await?);

@@ -10,7 +10,7 @@ mod manifest;
 mod name;
 
 pub use digest::{Digest, DigestError, DigestVerifier};
-pub use manifest::{accepts, parse_manifest, ManifestInfo, ManifestKind, MAX_MANIFEST_SIZE};
+pub use manifest::{accepts, is_manifest_type, parse_manifest, ManifestInfo, ManifestKind, MAX_MANIFEST_SIZE};
 pub use name::{NameError, Reference, RepoName, Tag};
 
 /// Docker schema2 image manifest.

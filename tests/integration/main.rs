@@ -15,3 +15,4 @@ mod lifecycle;
 mod matrix;
 mod protocol;
 mod pull;
+mod sqlite;
