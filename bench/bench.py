@@ -400,6 +400,74 @@ def report(m):
     return "\n".join(out)
 
 
+LOAD_LUA = r"""
+local paths = {}
+local n = 0
+function init(args)
+  for line in io.lines(args[1]) do paths[#paths + 1] = line end
+  n = math.random(#paths)
+end
+function request()
+  n = n % #paths + 1
+  return wrk.format("GET", paths[n])
+end
+"""
+
+
+def run_load(b):
+    """1000 connections for 20 s: warm manifests and blobs mixed with cold
+    blobs; zero errors and bounded memory are the pass conditions."""
+    up = b.up_url
+    cold = []
+    for i in range(200):
+        data = os.urandom(64 * 1024)
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        p = b.path(f"cold-{i}")
+        open(p, "wb").write(data)
+        loc = urllib.request.urlopen(urllib.request.Request(f"{up}/v2/{REPO}/blobs/uploads/", method="POST")).headers["Location"]
+        loc = loc if loc.startswith("http") else up + loc
+        sep = "&" if "?" in loc else "?"
+        subprocess.run(["curl", "-sf", "-X", "PUT", "-T", p, f"{loc}{sep}digest={d}"], check=True, capture_output=True)
+        cold.append(d)
+    base = f"/v2/{REPO}"
+    man = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{b.m_port}{base}/manifests/1", headers={"Accept": ACCEPT})).read()
+    import json
+    small = [l["digest"] for l in json.loads(man)["layers"] if l["size"] < SIZE]
+    for d in small:
+        curl(f"http://127.0.0.1:{b.m_port}{base}/blobs/{d}")
+    paths = []
+    for i in range(1000):
+        k = i % 10
+        if k < 4:
+            paths.append(f"{base}/manifests/1")
+        elif k < 6:
+            paths.append(f"{base}/manifests/{b.manifest_digest}")
+        elif k < 9:
+            paths.append(f"{base}/blobs/{small[i % len(small)]}")
+        else:
+            paths.append(f"{base}/blobs/{cold[(i // 10) % len(cold)]}")
+    open(b.path("paths"), "w").write("\n".join(paths) + "\n")
+    open(b.path("load.lua"), "w").write(LOAD_LUA)
+    b.m.reset_peak()
+    r = subprocess.run(
+        ["wrk", "-t2", "-c1000", "-d20s", "--timeout", "10s", "--latency", "-H", f"Accept: {ACCEPT}", "-s", b.path("load.lua"), f"http://127.0.0.1:{b.m_port}", "--", b.path("paths")],
+        capture_output=True, text=True, check=True,
+    )
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", r.stdout).group(1))
+    total = int(re.search(r"(\d+) requests in", r.stdout).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", r.stdout)
+    p99 = re.search(r"99%\s+([\d.]+\w+)", r.stdout).group(1)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
+    rss = b.m.peak_rss_mib()
+    used = {p.rsplit("/", 1)[1] for p in paths if "/blobs/" in p} & set(cold)
+    up_cold = sum(1 for line in open(b.path("relay-m.log")) if any(c in line for c in used))
+    print(f"load: 1000 connections, 20 s: {total} requests, {rps:.0f} req/s, p99 {p99}, errors {errors}, "
+          f"peak RSS {rss:.0f} MiB, cold blobs fetched upstream {up_cold} times for {len(used)} digests")
+    if errors or rss > 256:
+        raise SystemExit("bench: the load test failed (errors or unbounded memory)\n" + r.stdout)
+
+
 def main():
     # SIGTERM and SIGINT stop every server this run started.
     import signal
@@ -407,10 +475,17 @@ def main():
         signal.signal(sig, lambda *_: sys.exit(130))
     if not os.path.exists(BIN):
         raise SystemExit("bench: build regmirror first (bench/run does)")
+    # wrk and the mirror need more than 1000 descriptors for the load test.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
     b = Bench()
     try:
         b.start()
-        print(report(b.run()))
+        if "--load" in sys.argv:
+            run_load(b)
+        if "--load-only" not in sys.argv:
+            print(report(b.run()))
     finally:
         b.close()
 
