@@ -4,9 +4,9 @@
 
 use crate::common::fake::Fake;
 use crate::common::images::{layer, random_bytes, single, Image};
-use crate::common::mirror::MirrorProcess;
+use crate::common::mirror::{upstream_toml, write_config, MirrorProcess};
 use crate::common::skopeo::{assert_same, copy_ok};
-use crate::common::{client, free_port, wait_until};
+use crate::common::{client, wait_until};
 use std::time::Duration;
 
 fn verify(config: &std::path::Path) -> (bool, String) {
@@ -18,17 +18,7 @@ fn verify(config: &std::path::Path) -> (bool, String) {
 async fn sigkill_during_downloads_loses_nothing() {
     let fake = Fake::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("mirror.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nroot = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
-            dir.path().join("store").display(),
-            fake.url()
-        ),
-    )
-    .unwrap();
+    let (config, port) = write_config(dir.path(), "", &upstream_toml("docker.io", &fake.url()));
     let out = tempfile::tempdir().unwrap();
     let mut pulled: Vec<Image> = Vec::new();
     for round in 0..10u64 {
@@ -78,17 +68,7 @@ async fn verify_reports_a_corrupt_file_and_a_missing_one() {
     let img = single("library/app", "1", true, 77, 2, &[]);
     fake.add_image(&img, None);
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("mirror.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nroot = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
-            dir.path().join("store").display(),
-            fake.url()
-        ),
-    )
-    .unwrap();
+    let (config, port) = write_config(dir.path(), "", &upstream_toml("docker.io", &fake.url()));
     let mut p = MirrorProcess::spawn(&config, port, &[]).await;
     copy_ok(&format!("docker://127.0.0.1:{port}/library/app:1"), &dir.path().join("copy"), &[]).await;
     p.terminate();
@@ -121,17 +101,7 @@ async fn sigterm_finishes_within_the_grace_period_or_leaves_nothing() {
             crate::common::fake::BlobSpec { hold_at: Some(1024 * 1024), ..crate::common::fake::BlobSpec::new(blob.bytes.clone()) },
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("mirror.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"{grace}\"\n[storage]\nroot = \"{}\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
-                dir.path().join("store").display(),
-                fake.url()
-            ),
-        )
-        .unwrap();
+        let (config, port) = write_config(dir.path(), &format!("shutdown_grace = \"{grace}\""), &upstream_toml("docker.io", &fake.url()));
         let mut p = MirrorProcess::spawn(&config, port, &[]).await;
         let url = format!("http://127.0.0.1:{port}/v2/library/app/blobs/{}", blob.digest);
         let download = tokio::spawn(async move {

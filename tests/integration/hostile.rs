@@ -213,17 +213,8 @@ async fn credentials_and_tokens_never_reach_the_log() {
     let reg = Registry::start_with_token_auth().await;
     reg.push(&cat.private).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = crate::common::free_port();
-    let config = dir.path().join("mirror.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nroot = \"{}\"\n{}username = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
-            dir.path().join("store").display(),
-            upstream_toml("docker.io", &reg.url())
-        ),
-    )
-    .unwrap();
+    let upstream = format!("{}username = \"{USER}\"\npassword = \"{PASSWORD}\"\n", upstream_toml("docker.io", &reg.url()));
+    let (config, port) = crate::common::mirror::write_config(dir.path(), "", &upstream);
     let mut p = MirrorProcess::spawn(&config, port, &[("RUST_LOG", "trace")]).await;
     crate::common::skopeo::copy_ok(&format!("docker://127.0.0.1:{port}/private/secret:1"), &dir.path().join("out"), &[]).await;
     p.terminate();

@@ -94,6 +94,20 @@ impl Drop for TestMirror {
     }
 }
 
+/// Writes `DIR/mirror.toml` for the binary: listening on a free port, the
+/// store in `DIR/store`, `server_extra` under `[server]`, then `upstream`
+/// (one or more `[[upstream]]` entries). Returns (config path, port).
+pub fn write_config(dir: &Path, server_extra: &str, upstream: &str) -> (PathBuf, u16) {
+    let port = super::free_port();
+    let config = dir.join("mirror.toml");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{server_extra}\n[storage]\nroot = \"{}\"\n{upstream}",
+        dir.join("store").display()
+    );
+    std::fs::write(&config, toml).unwrap();
+    (config, port)
+}
+
 /// The real `regmirror` binary, as a user runs it.
 pub struct MirrorProcess {
     child: Option<Child>,
