@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod index;
+pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod store;

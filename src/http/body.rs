@@ -25,6 +25,7 @@ pub struct LogLine {
     pub status: u16,
     pub cache: &'static str,
     pub started: Instant,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 pub struct ResponseBody {
@@ -98,6 +99,14 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(l) = self.log.take() {
+            let source = match l.cache {
+                "hit" | "stale" => Some("cache"),
+                "miss" => Some("upstream"),
+                _ => None,
+            };
+            if let Some(source) = source {
+                l.metrics.served_bytes.get_or_create(&crate::metrics::SourceLabels { source: source.into() }).inc_by(self.sent);
+            }
             let ms = l.started.elapsed().as_secs_f64() * 1000.0;
             let complete = !self.failed && self.len.is_none_or(|n| n == self.sent);
             tracing::info!(

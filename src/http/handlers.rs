@@ -140,6 +140,30 @@ pub async fn tags(mirror: &Mirror, req: &Req<'_>, name: &str) -> Result<Handled,
     Ok(Handled { resp: b.body(ResponseBody::full(body)).expect("static header names and checked values"), cache: source.as_str() })
 }
 
+/// A plain-text response (health endpoints).
+pub fn text(status: StatusCode, body: String) -> Resp {
+    builder(status).header(CONTENT_TYPE, "text/plain; charset=utf-8").body(ResponseBody::full(body)).expect("static header names")
+}
+
+/// `/metrics`: the Prometheus/OpenMetrics text format.
+pub async fn metrics(mirror: &Mirror) -> Result<Handled, ApiError> {
+    let body = mirror.metrics_text().await?;
+    let resp = builder(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(ResponseBody::full(body))
+        .expect("static header names");
+    Ok(Handled { resp, cache: "-" })
+}
+
+/// `/readyz`: 200 when the index answers and the store takes a file.
+pub async fn ready(mirror: &Mirror) -> Handled {
+    let resp = match mirror.ready().await {
+        Ok(()) => text(StatusCode::OK, "ready\n".into()),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    };
+    Handled { resp, cache: "-" }
+}
+
 /// An OCI error response.
 pub fn error_response(e: &ApiError, head: bool) -> Resp {
     let body = e.body();

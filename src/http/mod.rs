@@ -11,6 +11,7 @@ mod routes;
 pub use range::parse_range;
 pub use routes::{route, Route};
 
+use crate::metrics::{CacheLabels, RequestLabels};
 use crate::mirror::Mirror;
 use body::{LogLine, ResponseBody};
 use error::ApiError;
@@ -112,8 +113,13 @@ async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {
     let ns = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v.into_owned());
     let r = Req { method: &method, headers: req.headers(), ns: ns.as_deref(), query };
     let head = method == http::Method::HEAD;
-    let result: Result<Handled, ApiError> = match route(&method, &path) {
+    let route = route(&method, &path);
+    let endpoint = route.name();
+    let result: Result<Handled, ApiError> = match route {
         Route::Base => Ok(Handled { resp: handlers::base(), cache: "-" }),
+        Route::Metrics => handlers::metrics(mirror).await,
+        Route::Healthz => Ok(Handled { resp: handlers::text(StatusCode::OK, "ok\n".into()), cache: "-" }),
+        Route::Readyz => Ok(handlers::ready(mirror).await),
         Route::Manifest { name, reference } => handlers::manifest(mirror, &r, name, reference).await,
         Route::Blob { name, digest } => handlers::blob(mirror, &r, name, digest).await,
         Route::Tags { name } => handlers::tags(mirror, &r, name).await,
@@ -138,7 +144,12 @@ async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {
         h.insert("oci-namespace", ns);
     }
     let status = resp.status().as_u16();
-    resp.body_mut().set_log(LogLine { method, path, status, cache, started });
+    let m = mirror.metrics();
+    m.requests.get_or_create(&RequestLabels { endpoint: endpoint.into(), method: method.to_string(), status: status.to_string() }).inc();
+    if matches!(endpoint, "manifest" | "blob") && cache != "error" {
+        m.cache.get_or_create(&CacheLabels { kind: endpoint.into(), result: cache.into() }).inc();
+    }
+    resp.body_mut().set_log(LogLine { method, path, status, cache, started, metrics: m.clone() });
     resp
 }
 

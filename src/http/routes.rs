@@ -22,6 +22,10 @@ pub enum Route<'a> {
     },
     /// A push, upload or delete endpoint: a mirror is read-only.
     Write,
+    /// `/metrics`, `/healthz`, `/readyz`: for operators, outside `/v2/`.
+    Metrics,
+    Healthz,
+    Readyz,
     /// Not an endpoint of the pull API.
     NotFound,
 }
@@ -33,6 +37,14 @@ pub const MAX_PATH: usize = 1024;
 pub fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
     if path.len() > MAX_PATH {
         return Route::NotFound;
+    }
+    if method == Method::GET || method == Method::HEAD {
+        match path {
+            "/metrics" => return Route::Metrics,
+            "/healthz" => return Route::Healthz,
+            "/readyz" => return Route::Readyz,
+            _ => {}
+        }
     }
     let Some(rest) = path.strip_prefix("/v2") else {
         return Route::NotFound;
@@ -98,5 +110,25 @@ mod tests {
         assert_eq!(route(&g, "/v3/a/manifests/x"), Route::NotFound);
         assert_eq!(route(&g, "/v2x"), Route::NotFound);
         assert_eq!(route(&Method::OPTIONS, "/v2/a/manifests/x"), Route::NotFound);
+        assert_eq!(route(&g, "/metrics"), Route::Metrics);
+        assert_eq!(route(&g, "/readyz"), Route::Readyz);
+        assert_eq!(route(&Method::POST, "/healthz"), Route::NotFound);
+    }
+}
+
+impl Route<'_> {
+    /// The endpoint's name, for metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Tags { .. } => "tags",
+            Route::Write => "write",
+            Route::Metrics => "metrics",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::NotFound => "not_found",
+        }
     }
 }

@@ -356,6 +356,19 @@ impl Index {
         .await
     }
 
+    /// (blobs, images): images are manifests no other manifest references.
+    pub async fn counts(&self) -> Result<(u64, u64), IndexError> {
+        self.call(|c| {
+            c.query_row(
+                "SELECT (SELECT count(*) FROM blobs),
+                        (SELECT count(*) FROM manifests m WHERE NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child_digest = m.digest))",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+        })
+        .await
+    }
+
     /// Bytes of every stored object the index knows.
     pub async fn total_size(&self) -> Result<u64, IndexError> {
         self.call(|c| {

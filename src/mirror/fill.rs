@@ -127,6 +127,12 @@ impl Fills {
         self.map.lock().expect("fills lock: no panics while held").get(digest).cloned()
     }
 
+    /// Downloads in flight, and the clients streaming from them.
+    pub fn in_flight(&self) -> (usize, usize) {
+        let map = self.map.lock().expect("fills lock: no panics while held");
+        (map.len(), map.values().map(|f| f.readers.load(Ordering::SeqCst)).sum())
+    }
+
     /// How many clients stream from the fill for `digest` (`None`: no fill).
     pub fn readers(&self, digest: &Digest) -> Option<usize> {
         self.get(digest).map(|f| f.readers.load(Ordering::SeqCst))
@@ -445,6 +451,7 @@ async fn run(
                 }
             }
             progress.send_modify(|p| p.available += len as u64);
+            upstream.count_bytes(len as u64);
             if chunks_tx.send(batch).await.is_err() {
                 // The writer stopped: its error is reported below.
                 break;

@@ -45,6 +45,10 @@ impl Usage {
     fn set(&self, n: u64) {
         self.bytes.store(n, Ordering::SeqCst);
     }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
 }
 
 /// What a sweep did (or, dry, would do).
@@ -125,6 +129,8 @@ impl Mirror {
                 self.manifests.invalidate(&d).await;
             }
             self.tags.invalidate_all();
+            self.metrics.evicted_images.inc_by(plan.images.len() as u64);
+            self.metrics.evicted_bytes.inc_by(gone.iter().map(|(_, n)| n).sum());
         }
         let report = SweepReport { plan, dry_run };
         if !report.plan.images.is_empty() && !dry_run {

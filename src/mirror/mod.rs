@@ -111,6 +111,7 @@ pub struct Mirror {
     fills: Arc<Fills>,
     fill_ctx: Arc<FillContext>,
     tasks: TaskTracker,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Cap, watermarks, idle limit and pins: what the sweeper enforces.
     limits: lifecycle::StoreLimits,
     /// Bytes stored, kept current between sweeps; wakes the sweeper when a
@@ -126,11 +127,16 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn new(config: &Config, store: Arc<dyn Store>, index: Index, clock: Clock) -> Result<Mirror, String> {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let upstreams = config
             .upstream
             .iter()
             .map(|u| {
-                Ok(UpstreamEntry { client: Arc::new(Upstream::new(u)?), tag_ttl: config.tag_ttl(u), docker_hub: u.name == "docker.io" })
+                Ok(UpstreamEntry {
+                    client: Arc::new(Upstream::new(u, metrics.clone())?),
+                    tag_ttl: config.tag_ttl(u),
+                    docker_hub: u.name == "docker.io",
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
         let tasks = TaskTracker::new();
@@ -167,10 +173,37 @@ impl Mirror {
             tasks,
             limits,
             usage,
+            metrics,
             touched: Default::default(),
             sweep_lock: tokio::sync::Mutex::new(()),
             cancel,
         })
+    }
+
+    /// The process's metrics (recorded by every layer).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The metrics text, with the gauges that describe state read now.
+    pub async fn metrics_text(&self) -> Result<String, MirrorError> {
+        let (blobs, images) = self.index.counts().await?;
+        let m = &self.metrics;
+        m.store_bytes.set(self.usage.bytes());
+        m.store_blobs.set(blobs as i64);
+        m.store_images.set(images as i64);
+        let (fills, clients) = self.fills.in_flight();
+        m.downloads_in_flight.set(fills as i64);
+        m.download_clients.set(clients as i64);
+        Ok(m.encode())
+    }
+
+    /// Whether the mirror can serve: the index answers and the store takes a
+    /// new file. The error says which part failed.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.index.counts().await.map_err(|e| format!("the index does not answer: {e}"))?;
+        self.store.spool().await.map_err(|e| format!("the store cannot create a file: {e}"))?;
+        Ok(())
     }
 
     /// Requests waiting right now on an upstream tag lookup.
@@ -303,6 +336,7 @@ impl Mirror {
         }
         let info = parse_manifest(&fm.bytes, &fm.media_type).map_err(MirrorError::ManifestInvalid)?;
         self.store.put(&digest, fm.bytes.clone()).await.map_err(MirrorError::store)?;
+        up.count_bytes(fm.bytes.len() as u64);
         self.index.put_manifest(up.name(), repo, &digest, fm.bytes.len() as u64, &info, self.clock.now_ms()).await?;
         self.usage.add(fm.bytes.len() as u64);
         let m = Arc::new(Manifest { digest: digest.clone(), media_type: info.media_type, bytes: fm.bytes });

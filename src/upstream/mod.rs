@@ -34,6 +34,17 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A short name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::NotFound(_) => "not_found",
+            UpstreamError::Denied(_) => "denied",
+            UpstreamError::RateLimited { .. } => "rate_limited",
+            UpstreamError::Unavailable(_) => "unavailable",
+            UpstreamError::Invalid(_) => "invalid",
+        }
+    }
+
     /// Whether the upstream could not answer at all (so a stale cached
     /// answer is better than an error).
     pub fn is_outage(&self) -> bool {
@@ -73,6 +84,8 @@ pub struct Upstream {
     header_timeout: Duration,
     /// Set from a 429's `Retry-After`: until then no request is sent.
     backoff_until: Mutex<Option<Instant>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    labels: crate::metrics::UpstreamLabels,
 }
 
 fn transport_error(e: reqwest::Error) -> UpstreamError {
@@ -108,7 +121,7 @@ impl WithoutSensitive for reqwest::Error {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+    pub fn new(cfg: &UpstreamConfig, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Result<Upstream, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
@@ -124,6 +137,8 @@ impl Upstream {
             http,
             header_timeout: cfg.header_timeout,
             backoff_until: Mutex::new(None),
+            metrics,
+            labels: crate::metrics::Metrics::upstream(&cfg.name),
         })
     }
 
@@ -134,6 +149,37 @@ impl Upstream {
     /// Sends a request for `repo`, authenticating as the upstream asks, and
     /// returns a response with a 2xx status (or 404/416 mapped to errors).
     async fn send(&self, method: Method, repo: &RepoName, path: &str, headers: HeaderMap) -> Result<reqwest::Response, UpstreamError> {
+        let r = self.send_inner(method, repo, path, headers).await;
+        if let Err(e) = &r {
+            let labels = crate::metrics::UpstreamErrorLabels { upstream: self.name.clone(), kind: e.kind().to_owned() };
+            self.metrics.upstream_errors.get_or_create(&labels).inc();
+        }
+        r
+    }
+
+    /// Counts bytes fetched from this upstream.
+    pub fn count_bytes(&self, n: u64) {
+        self.metrics.upstream_bytes.get_or_create(&self.labels).inc_by(n);
+    }
+
+    /// Records the rate-limit budget the upstream announces (Docker Hub).
+    fn record_ratelimit(&self, h: &HeaderMap) {
+        for (name, family) in
+            [("ratelimit-remaining", &self.metrics.ratelimit_remaining), ("ratelimit-limit", &self.metrics.ratelimit_limit)]
+        {
+            if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()).and_then(crate::metrics::ratelimit_value) {
+                family.get_or_create(&self.labels).set(v);
+            }
+        }
+    }
+
+    async fn send_inner(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
         if let Some(until) = *self.backoff_until.lock().expect("backoff lock is never poisoned: no panics under it") {
             let now = Instant::now();
             if now < until {
@@ -149,6 +195,7 @@ impl Upstream {
             if let Some(h) = self.auth.header_for(&scope).await {
                 req = req.header(reqwest::header::AUTHORIZATION, h);
             }
+            let started = std::time::Instant::now();
             let resp = match tokio::time::timeout(self.header_timeout, req.send()).await {
                 Err(_) => return Err(UpstreamError::Unavailable(format!("no response headers within {:?}", self.header_timeout))),
                 // The connection closed before the response head, as happens
@@ -162,6 +209,8 @@ impl Upstream {
                 Ok(Err(e)) => return Err(transport_error(e)),
                 Ok(Ok(r)) => r,
             };
+            self.metrics.upstream_latency.get_or_create(&self.labels).observe(started.elapsed().as_secs_f64());
+            self.record_ratelimit(resp.headers());
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !retried_auth {
                 let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned);

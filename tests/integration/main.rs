@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod matrix;
+mod metrics;
 mod protocol;
 mod pull;
 mod sqlite;

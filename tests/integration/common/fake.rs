@@ -63,6 +63,8 @@ struct State {
     /// Demand a Bearer token from this realm; `/token` here answers `token_body`.
     bearer_realm: Option<String>,
     token_body: String,
+    /// `ratelimit-remaining` and `ratelimit-limit` on every answer, as Docker Hub sends them.
+    ratelimit: Option<(i64, i64)>,
 }
 
 pub struct Fake {
@@ -82,7 +84,15 @@ impl Fake {
         let (s, g, mg) = (state.clone(), gate.clone(), manifest_gate.clone());
         let server = serve(move |req: http::Request<hyper::body::Incoming>| {
             let (s, g, mg) = (s.clone(), g.subscribe(), mg.subscribe());
-            async move { handle(s, g, mg, req).await }
+            async move {
+                let rl = s.lock().unwrap().ratelimit;
+                let mut r = handle(s, g, mg, req).await;
+                if let Some((remaining, limit)) = rl {
+                    r.headers_mut().insert("ratelimit-remaining", format!("{remaining};w=21600").parse().unwrap());
+                    r.headers_mut().insert("ratelimit-limit", format!("{limit};w=21600").parse().unwrap());
+                }
+                r
+            }
         })
         .await;
         Fake { server, state, gate, manifest_gate }
@@ -118,6 +128,11 @@ impl Fake {
         let mut st = self.state.lock().unwrap();
         st.bearer_realm = realm.map(str::to_owned);
         st.token_body = token_body.to_owned();
+    }
+
+    /// Sends Docker Hub's rate-limit headers: `remaining` of `limit` pulls.
+    pub fn set_ratelimit(&self, remaining: i64, limit: i64) {
+        self.state.lock().unwrap().ratelimit = Some((remaining, limit));
     }
 
     /// Sends manifest requests elsewhere with a 307 (what a mirror must refuse).
