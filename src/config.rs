@@ -207,6 +207,17 @@ impl Config {
         Ok(())
     }
 
+    /// The effective configuration as TOML, with every password replaced.
+    pub fn masked_toml(&self) -> String {
+        let mut c = self.clone();
+        for u in &mut c.upstream {
+            if u.password.is_some() {
+                u.password = Some("********".into());
+            }
+        }
+        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot show the configuration: {e}"))
+    }
+
     /// The tag TTL of upstream `i`.
     pub fn tag_ttl(&self, u: &UpstreamConfig) -> Duration {
         u.tag_ttl.unwrap_or(self.cache.tag_ttl)

@@ -21,6 +21,7 @@ pub mod index;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod ops;
 pub mod store;
 pub mod upstream;
 

@@ -43,6 +43,42 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Fetch images into the cache now, for offline use later: their
+    /// manifests and the blobs of the chosen platforms.
+    Prefetch {
+        /// Images such as alpine:3.19, library/busybox, ghcr.io/org/app@sha256:...
+        images: Vec<String>,
+        /// A file with one image per line (# starts a comment).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Platforms of multi-arch images to fetch, e.g. linux/arm64 (repeatable;
+        /// default: this machine's).
+        #[arg(long, conflicts_with = "all_platforms")]
+        platform: Vec<String>,
+        /// Fetch every platform of multi-arch images.
+        #[arg(long)]
+        all_platforms: bool,
+        /// A TOML file laid over the embedded defaults (see mirror.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// List the cached images: registry, repository, tag, digest, size,
+    /// last pulled, pinned.
+    Ls {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// A TOML file laid over the embedded defaults (see mirror.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration and print the effective one (defaults, file
+    /// and environment merged), with secrets masked.
+    CheckConfig {
+        /// A TOML file laid over the embedded defaults (see mirror.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +129,63 @@ fn try_main() -> anyhow::Result<()> {
                 println!("{report}");
                 Ok(())
             })
+        }
+        Command::Prefetch { images, file, platform, all_platforms, config } => {
+            let cfg = Config::load(config.as_deref())?;
+            init_logging(cfg.log.format);
+            let mut list = images;
+            if let Some(f) = file {
+                let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read the image list {}", f.display()))?;
+                list.extend(text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(str::to_owned));
+            }
+            anyhow::ensure!(!list.is_empty(), "no images given: name them, or pass --file LIST");
+            let platforms = if all_platforms {
+                regmirror::ops::Platforms::All
+            } else if platform.is_empty() {
+                regmirror::ops::Platforms::host()
+            } else {
+                regmirror::ops::Platforms::Only(platform)
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+            let sum = rt.block_on(async move {
+                let app = regmirror::App::open(&cfg, regmirror::clock::Clock::system()).await?;
+                let sum = regmirror::ops::prefetch(&app.mirror, &list, &platforms, &mut std::io::stdout()).await;
+                // Downloads commit before the process ends.
+                app.mirror.shutdown().await;
+                anyhow::Ok(sum)
+            })?;
+            println!(
+                "prefetched {} image(s), {} blobs: {} fetched, {} already cached{}",
+                sum.images,
+                sum.blobs,
+                bytesize::ByteSize(sum.fetched_bytes),
+                bytesize::ByteSize(sum.cached_bytes),
+                if sum.failed > 0 { format!("; {} failed", sum.failed) } else { String::new() }
+            );
+            anyhow::ensure!(sum.failed == 0, "{} image(s) could not be prefetched", sum.failed);
+            Ok(())
+        }
+        Command::Ls { json, config } => {
+            let cfg = Config::load(config.as_deref())?;
+            init_logging(cfg.log.format);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+            let rows = rt.block_on(async move {
+                let app = regmirror::App::open(&cfg, regmirror::clock::Clock::system()).await?;
+                let rows = app.mirror.images().await.context("cannot read the index")?;
+                app.mirror.shutdown().await;
+                anyhow::Ok(rows)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{}", regmirror::ops::table(&rows));
+            }
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            println!("# configuration is valid; the effective values, secrets masked:\n{}", cfg.masked_toml());
+            Ok(())
         }
         Command::Verify { config } => {
             let cfg = Config::load(config.as_deref())?;

@@ -234,6 +234,8 @@ pub struct Graph {
     pub refs: Vec<(String, String)>,
     /// (upstream, repository, tag, manifest digest)
     pub tags: Vec<(String, String, String, String)>,
+    /// (upstream, repository, manifest digest): where each was pulled through.
+    pub repos: Vec<(String, String, String)>,
 }
 
 impl Index {
@@ -277,6 +279,11 @@ impl Index {
                      JOIN repositories r ON r.id = t.repository_id JOIN upstreams u ON u.id = r.upstream_id",
                 )?;
                 g.tags = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<rusqlite::Result<_>>()?;
+                let mut st = tx.prepare(
+                    "SELECT u.name, r.name, rm.manifest_digest FROM repository_manifests rm
+                     JOIN repositories r ON r.id = rm.repository_id JOIN upstreams u ON u.id = r.upstream_id",
+                )?;
+                g.repos = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
             }
             tx.commit()?;
             Ok(g)

@@ -45,7 +45,7 @@ impl Pin {
         Ok(Pin { upstream: upstream.to_owned(), repo, tag })
     }
 
-    fn matches(&self, upstream: &str, repo: &str, tag: &str) -> bool {
+    pub fn matches(&self, upstream: &str, repo: &str, tag: &str) -> bool {
         self.upstream == upstream && self.repo.as_str() == repo && self.tag.as_ref().is_none_or(|t| t.as_str() == tag)
     }
 }
@@ -180,6 +180,7 @@ mod tests {
                 ("docker.io".into(), "library/multi".into(), "1".into(), "I".into()),
                 ("docker.io".into(), "library/c".into(), "1".into(), "C".into()),
             ],
+            repos: vec![],
         }
     }
 

@@ -11,10 +11,12 @@ mod error;
 pub mod evict;
 pub mod fill;
 mod lifecycle;
+mod listing;
 mod range;
 
 pub use error::{ForObject, MirrorError, Object};
 pub use lifecycle::{Reconciled, SweepReport, VerifyReport};
+pub use listing::ImageRow;
 pub use range::ByteRange;
 
 use crate::clock::Clock;

@@ -14,6 +14,7 @@ mod hostile;
 mod lifecycle;
 mod matrix;
 mod metrics;
+mod ops;
 mod protocol;
 mod pull;
 mod sqlite;
