@@ -187,7 +187,8 @@ mod tests {
         let (n, r) = split_image("127.0.0.1:5000/org/app").unwrap();
         assert_eq!((n, r.to_string()), ("127.0.0.1:5000/org/app", "latest".to_string()));
         let d = format!("sha256:{}", "a".repeat(64));
-        let (n, r) = split_image(&format!("ghcr.io/org/app@{d}")).unwrap();
+        let s = format!("ghcr.io/org/app@{d}");
+        let (n, r) = split_image(&s).unwrap();
         assert_eq!((n, r.to_string()), ("ghcr.io/org/app", d));
         assert!(split_image("x:-bad").is_err());
     }
