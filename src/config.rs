@@ -105,6 +105,9 @@ pub struct UpstreamConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// A file holding the password (its first line), instead of `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     #[serde(default = "default_connect", with = "duration")]
     pub connect_timeout: Duration,
     #[serde(default = "default_header", with = "duration")]
@@ -200,11 +203,26 @@ impl Config {
             if !matches!(u.url.scheme(), "http" | "https") || u.url.host_str().is_none() {
                 return err(format!("`{key}.url` = {:?} must be an http:// or https:// URL with a host", u.url.as_str()));
             }
-            if u.password.is_some() != u.username.is_some() {
-                return err(format!("`{key}`: `username` and `password` go together; set both or neither"));
+            if u.password.is_some() && u.password_file.is_some() {
+                return err(format!("`{key}`: set `password` or `password_file`, not both"));
+            }
+            if (u.password.is_some() || u.password_file.is_some()) != u.username.is_some() {
+                return err(format!("`{key}`: `username` goes with `password` or `password_file`; set both or neither"));
             }
         }
         Ok(())
+    }
+
+    /// The password of an upstream: `password`, or the first line of
+    /// `password_file` (read now, so a rotated secret is used on restart).
+    pub fn password(u: &UpstreamConfig) -> Result<Option<String>, String> {
+        match (&u.password, &u.password_file) {
+            (Some(p), _) => Ok(Some(p.clone())),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| Some(s.lines().next().unwrap_or("").to_owned()))
+                .map_err(|e| format!("upstream {}: cannot read password_file {}: {e}", u.name, f.display())),
+            (None, None) => Ok(None),
+        }
     }
 
     /// The effective configuration as TOML, with every password replaced.

@@ -129,7 +129,7 @@ impl Upstream {
             .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("upstream {}: cannot build HTTP client: {e}", cfg.name))?;
-        let creds = cfg.username.clone().zip(cfg.password.clone());
+        let creds = cfg.username.clone().zip(crate::config::Config::password(cfg)?);
         Ok(Upstream {
             name: cfg.name.clone(),
             base: cfg.url.as_str().trim_end_matches('/').to_owned(),

@@ -17,4 +17,5 @@ mod metrics;
 mod ops;
 mod protocol;
 mod pull;
+mod routing;
 mod sqlite;
