@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// finish before they are cut (a cut download leaves nothing behind).
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Require Basic credentials from this htpasswd file (bcrypt entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -51,10 +51,13 @@ impl App {
         let store = store::FsStore::open(root).with_context(|| format!("cannot open the store under {}", root.display()))?;
         let index = index::Index::open(&root.join("index.db"))?;
         let mirror = mirror::Mirror::new(config, Arc::new(store), index, clock).map_err(anyhow::Error::msg)?;
+        let htpasswd =
+            config.server.htpasswd.as_deref().map(http::auth::Htpasswd::load).transpose().map_err(anyhow::Error::msg)?.map(Arc::new);
         let opts = http::ServerOptions {
             header_read_timeout: config.server.header_read_timeout,
             max_connections: config.server.max_connections,
             shutdown_grace: config.server.shutdown_grace,
+            htpasswd,
         };
         Ok(App { mirror: Arc::new(mirror), reconciled: Default::default(), opts })
     }

@@ -2,6 +2,7 @@
 //! headers every response carries. Handlers are in [`handlers`], the mapping
 //! of errors to OCI codes in [`error`].
 
+pub mod auth;
 mod body;
 mod error;
 mod handlers;
@@ -28,11 +29,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 /// Server settings the HTTP layer needs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerOptions {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// Who may pull; `None`: anyone.
+    pub htpasswd: Option<Arc<auth::Htpasswd>>,
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and
@@ -63,9 +66,10 @@ pub async fn serve(listener: TcpListener, mirror: Arc<Mirror>, opts: ServerOptio
         };
         let _ = stream.set_nodelay(true);
         let mirror = mirror.clone();
+        let htpasswd = opts.htpasswd.clone();
         let svc = hyper::service::service_fn(move |req| {
-            let mirror = mirror.clone();
-            async move { Ok::<_, Infallible>(handle(&mirror, req).await) }
+            let (mirror, htpasswd) = (mirror.clone(), htpasswd.clone());
+            async move { Ok::<_, Infallible>(handle(&mirror, htpasswd.as_deref(), req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -105,7 +109,7 @@ async fn refuse_busy(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
-async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {
+async fn handle(mirror: &Mirror, htpasswd: Option<&auth::Htpasswd>, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -115,7 +119,17 @@ async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {
     let head = method == http::Method::HEAD;
     let route = route(&method, &path);
     let endpoint = route.name();
+    let needs_auth = htpasswd.is_some() && !matches!(route, Route::Metrics | Route::Healthz | Route::Readyz | Route::NotFound);
+    let authorized = match htpasswd.filter(|_| needs_auth) {
+        Some(h) => h.allows(req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())).await,
+        None => true,
+    };
     let result: Result<Handled, ApiError> = match route {
+        _ if !authorized => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "this mirror needs credentials: log in to it (docker login, skopeo --creds, podman login)",
+        )),
         Route::Base => Ok(Handled { resp: handlers::base(), cache: "-" }),
         Route::Metrics => handlers::metrics(mirror).await,
         Route::Healthz => Ok(Handled { resp: handlers::text(StatusCode::OK, "ok\n".into()), cache: "-" }),
@@ -140,6 +154,9 @@ async fn handle(mirror: &Mirror, req: Request<Incoming>) -> Resp {
     };
     let h = resp.headers_mut();
     h.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    if !authorized {
+        h.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"regmirror\""));
+    }
     if let Some(ns) = ns.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
         h.insert("oci-namespace", ns);
     }

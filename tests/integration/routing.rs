@@ -81,3 +81,32 @@ async fn two_registries_by_ns_prefix_and_default() {
     );
     assert!(names.contains(&"ghcr.io/private/secret:1".to_string()), "{names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_guards_pulls() {
+    use crate::common::fake::Fake;
+    use crate::common::images::single;
+    let fake = Fake::start().await;
+    let img = single("library/app", "1", true, 808, 2, &[]);
+    fake.add_image(&img, None);
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("ci:{}\n", bcrypt::hash("s3cret", 4).unwrap())).unwrap();
+    let toml = format!("[server]\nhtpasswd = \"{}\"\n{}", htpasswd.display(), upstream_toml("docker.io", &fake.url()));
+    let m = TestMirror::start(&toml).await;
+
+    let r = client().get(format!("{}/v2/", m.url())).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"regmirror\"");
+    assert!(r.text().await.unwrap().contains("UNAUTHORIZED"));
+    let r = client().get(format!("{}/v2/", m.url())).basic_auth("ci", Some("wrong")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(client().get(format!("{}/healthz", m.url())).send().await.unwrap().status(), 200);
+
+    let out = tempfile::tempdir().unwrap();
+    let r = crate::common::skopeo::copy(&m.docker_ref("library/app:1"), &out.path().join("anon"), &[]).await;
+    assert!(!r.status.success(), "pulled without credentials");
+    assert_eq!(fake.count("/manifests/"), 0, "an unauthenticated request reached the upstream");
+    copy_ok(&m.docker_ref("library/app:1"), &out.path().join("ci"), &["--src-creds", "ci:s3cret"]).await;
+    assert_same(&out.path().join("ci"), &img, false);
+}
