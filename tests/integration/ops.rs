@@ -88,3 +88,30 @@ fn check_config_masks_secrets_and_names_bad_keys() {
     let o = Command::new(env!("CARGO_BIN_EXE_regmirror")).args(["prefetch", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("--all-platforms"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_fields() {
+    use crate::common::fake::Fake;
+    use crate::common::images::single;
+    let fake = Fake::start().await;
+    let img = single("library/app", "1", true, 909, 1, &[]);
+    fake.add_image(&img, None);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, port) = write_config(dir.path(), "", &format!("[log]\nformat = \"json\"\n{}", upstream_toml("docker.io", &fake.url())));
+    let mut p = MirrorProcess::spawn(&config, port, &[]).await;
+    copy_ok(&format!("docker://127.0.0.1:{port}/library/app:1"), &dir.path().join("out"), &[]).await;
+    p.terminate();
+    let log = p.log_text();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let req = lines
+        .iter()
+        .find(|l| l["fields"]["path"].as_str().is_some_and(|p| p.contains("/manifests/1")))
+        .unwrap_or_else(|| panic!("no request line for the manifest:\n{log}"));
+    let f = &req["fields"];
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["cache"], "miss");
+    assert!(f["bytes"].as_u64().unwrap() > 0, "{f}");
+    assert!(f["ms"].is_string() || f["ms"].is_number(), "{f}");
+}
