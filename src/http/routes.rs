@@ -87,6 +87,23 @@ fn split_last<'a>(s: &'a str, sep: &str) -> Option<(&'a str, &'a str)> {
     (!name.is_empty() && !last.is_empty() && !last.contains('/')).then_some((name, last))
 }
 
+impl Route<'_> {
+    /// The endpoint's name, for metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Tags { .. } => "tags",
+            Route::Write => "write",
+            Route::Metrics => "metrics",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::NotFound => "not_found",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,22 +130,5 @@ mod tests {
         assert_eq!(route(&g, "/metrics"), Route::Metrics);
         assert_eq!(route(&g, "/readyz"), Route::Readyz);
         assert_eq!(route(&Method::POST, "/healthz"), Route::NotFound);
-    }
-}
-
-impl Route<'_> {
-    /// The endpoint's name, for metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Route::Base => "base",
-            Route::Manifest { .. } => "manifest",
-            Route::Blob { .. } => "blob",
-            Route::Tags { .. } => "tags",
-            Route::Write => "write",
-            Route::Metrics => "metrics",
-            Route::Healthz => "healthz",
-            Route::Readyz => "readyz",
-            Route::NotFound => "not_found",
-        }
     }
 }

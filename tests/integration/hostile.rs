@@ -83,11 +83,11 @@ async fn traversal_and_oversized_requests_never_reach_the_upstream_or_the_disk()
     let paths = [
         format!("/v2/../../etc/passwd/blobs/sha256:{d0}"),
         format!("/v2/a/%2e%2e/%2e%2e/etc/blobs/sha256:{d0}"),
-        format!("/v2/a%2f..%2f..%2fetc/manifests/latest"),
-        format!("/v2/a\\..\\b/manifests/latest"),
+        "/v2/a%2f..%2f..%2fetc/manifests/latest".to_string(),
+        "/v2/a\\..\\b/manifests/latest".to_string(),
         format!("/v2/library/alpine/blobs/sha256:..%2f..%2f{}", "0".repeat(58)),
         format!("/v2/library/alpine/blobs/sha256%3a{d0}"),
-        format!("/v2/library/alpine/manifests/..%2f..%2fetc"),
+        "/v2/library/alpine/manifests/..%2f..%2fetc".to_string(),
         format!("/v2/{}/manifests/latest", "a/".repeat(200)),
         format!("/v2/library/alpine/manifests/{}", "t".repeat(5000)),
     ];

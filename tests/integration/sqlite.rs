@@ -74,7 +74,7 @@ async fn a_corrupt_index_is_refused_and_a_rebuilt_one_serves_digests() {
     std::fs::remove_file(&db).unwrap();
     let toml = format!("offline = true\n{}", upstream_toml("docker.io", &reg.url()));
     let m = TestMirror::start_in(dir.clone(), &toml, Clock::manual(1_800_000_000_000)).await;
-    assert!(m.reconciled.files_adopted >= cat.alpine.blobs.len() + 1, "{:?}", m.reconciled);
+    assert!(m.reconciled.files_adopted > cat.alpine.blobs.len(), "{:?}", m.reconciled);
     let d = out.path().join("a2");
     copy_ok(&m.docker_ref(&format!("library/alpine@{}", cat.alpine.top.digest)), &d, &[]).await;
     assert_same(&d, &cat.alpine, false);

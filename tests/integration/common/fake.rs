@@ -340,9 +340,12 @@ fn async_stream(
 
 /// A raw TCP upstream for faults below HTTP: it answers every request with
 /// `response`, cut after `cut` bytes (or never answers, with `hang`).
+/// (response bytes, cut after, hang).
+type RawState = Arc<Mutex<(Vec<u8>, Option<usize>, bool)>>;
+
 pub struct RawFault {
     pub addr: std::net::SocketAddr,
-    state: Arc<Mutex<(Vec<u8>, Option<usize>, bool)>>,
+    state: RawState,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -351,7 +354,7 @@ impl RawFault {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let state: Arc<Mutex<(Vec<u8>, Option<usize>, bool)>> = Arc::new(Mutex::new((Vec::new(), None, false)));
+        let state: RawState = Arc::new(Mutex::new((Vec::new(), None, false)));
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {

@@ -41,7 +41,7 @@ impl TestMirror {
 
     /// A mirror from a TOML that sets `storage.root` itself.
     pub async fn start_full(dir: Arc<tempfile::TempDir>, full: &str, clock: Clock) -> TestMirror {
-        let cfg = Config::from_toml_str(&full).unwrap_or_else(|e| panic!("test config refused: {e}\n{full}"));
+        let cfg = Config::from_toml_str(full).unwrap_or_else(|e| panic!("test config refused: {e}\n{full}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = regmirror::App::start(&cfg, clock.clone()).await.expect("open the mirror");
