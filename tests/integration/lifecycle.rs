@@ -256,6 +256,10 @@ async fn gc_command_reports_then_frees() {
     assert!(real.contains("evicted docker.io/library/img1:1") && real.contains("freed 1 image"), "{real}");
     assert!(!whole(dir.path(), &imgs[0], &shared) && whole(dir.path(), &imgs[2], &shared));
     assert!(store_bytes(dir.path()) <= 3 * 1024 * 1024);
+    let ls = std::process::Command::new(env!("CARGO_BIN_EXE_regmirror")).args(["ls", "--config"]).arg(&cfg).output().unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.contains("library/img2") && ls.contains("library/img3") && !ls.contains("library/img1"), "{ls}");
+    eprintln!("$ regmirror gc --dry-run\n{dry}\n$ regmirror gc\n{real}\n$ regmirror ls\n{ls}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
