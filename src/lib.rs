@@ -53,11 +53,13 @@ impl App {
         let mirror = mirror::Mirror::new(config, Arc::new(store), index, clock).map_err(anyhow::Error::msg)?;
         let htpasswd =
             config.server.htpasswd.as_deref().map(http::auth::Htpasswd::load).transpose().map_err(anyhow::Error::msg)?.map(Arc::new);
+        let tls = config.server.tls.as_ref().map(http::tls::acceptor).transpose().map_err(anyhow::Error::msg)?;
         let opts = http::ServerOptions {
             header_read_timeout: config.server.header_read_timeout,
             max_connections: config.server.max_connections,
             shutdown_grace: config.server.shutdown_grace,
             htpasswd,
+            tls,
         };
         Ok(App { mirror: Arc::new(mirror), reconciled: Default::default(), opts })
     }

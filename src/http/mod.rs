@@ -8,6 +8,7 @@ mod error;
 mod handlers;
 mod range;
 mod routes;
+pub mod tls;
 
 pub use range::parse_range;
 pub use routes::{route, Route};
@@ -36,6 +37,8 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// Who may pull; `None`: anyone.
     pub htpasswd: Option<Arc<auth::Htpasswd>>,
+    /// HTTPS (HTTP/2 and HTTP/1.1); `None`: plain HTTP/1.1.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and
@@ -71,6 +74,26 @@ pub async fn serve(listener: TcpListener, mirror: Arc<Mirror>, opts: ServerOptio
             let (mirror, htpasswd) = (mirror.clone(), htpasswd.clone());
             async move { Ok::<_, Infallible>(handle(&mirror, htpasswd.as_deref(), req).await) }
         });
+        if let Some(acceptor) = opts.tls.clone() {
+            // The handshake runs in the connection's task, bounded like the headers.
+            let (watcher, limit) = (graceful.watcher(), opts.header_read_timeout);
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                b.http1().timer(TokioTimer::new()).header_read_timeout(limit).max_buf_size(64 * 1024);
+                b.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
+                let conn = watcher.watch(b.serve_connection(TokioIo::new(tls), svc).into_owned());
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        }
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(opts.header_read_timeout)

@@ -110,3 +110,69 @@ async fn htpasswd_guards_pulls() {
     copy_ok(&m.docker_ref("library/app:1"), &out.path().join("ci"), &["--src-creds", "ci:s3cret"]).await;
     assert_same(&out.path().join("ci"), &img, false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_http2_and_htpasswd_for_skopeo_with_a_ca_file() {
+    use crate::common::fake::Fake;
+    use crate::common::images::single;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    let fake = Fake::start().await;
+    let img = single("library/app", "1", true, 707, 2, &[]);
+    fake.add_image(&img, None);
+    // A CA, and a certificate for 127.0.0.1 that it signs.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.d");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("ca.crt"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("ci:{}\n", bcrypt::hash("s3cret", 4).unwrap())).unwrap();
+    let toml = format!(
+        "[server]\nhtpasswd = \"{}\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+        htpasswd.display(),
+        dir.path().join("server.pem").display(),
+        dir.path().join("server.key").display(),
+        upstream_toml("docker.io", &fake.url())
+    );
+    let m = TestMirror::start(&toml).await;
+    let https = format!("https://{}", m.addr);
+
+    // HTTP/2 over TLS, verified against the CA.
+    let c = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_cert.pem().as_bytes()).unwrap())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = c.get(format!("{https}/v2/")).basic_auth("ci", Some("s3cret")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    // skopeo with TLS verification on, the CA in a cert dir, and credentials.
+    let out = tempfile::tempdir().unwrap();
+    let certs_arg = format!("--src-cert-dir={}", certs.display());
+    let r =
+        crate::common::skopeo::copy(&m.docker_ref("library/app:1"), &out.path().join("anon"), &[&certs_arg, "--src-tls-verify=true"]).await;
+    assert!(!r.status.success(), "pulled over TLS without credentials");
+    // Verification is really on: without the CA the certificate is refused.
+    let r = crate::common::skopeo::copy(
+        &m.docker_ref("library/app:1"),
+        &out.path().join("noca"),
+        &["--src-tls-verify=true", "--src-creds", "ci:s3cret"],
+    )
+    .await;
+    assert!(!r.status.success(), "an unknown CA was accepted");
+    copy_ok(&m.docker_ref("library/app:1"), &out.path().join("ci"), &[&certs_arg, "--src-tls-verify=true", "--src-creds", "ci:s3cret"])
+        .await;
+    assert_same(&out.path().join("ci"), &img, false);
+    // Plain HTTP on the TLS port is not served.
+    assert!(client().get(format!("{}/v2/", m.url())).send().await.is_err());
+}
