@@ -6,6 +6,7 @@
 mod common;
 
 mod cli;
+mod clients;
 mod coalesce;
 mod crash;
 mod diskfull;
