@@ -123,6 +123,13 @@ pub struct UpstreamConfig {
     /// A file holding the password (its first line), instead of `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password, instead of `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// Repositories clients may pull through this upstream (`library/*`,
+    /// `org/app`; `*` at the end matches any rest); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
     #[serde(default = "default_connect", with = "duration")]
     pub connect_timeout: Duration,
     #[serde(default = "default_header", with = "duration")]
@@ -218,11 +225,12 @@ impl Config {
             if !matches!(u.url.scheme(), "http" | "https") || u.url.host_str().is_none() {
                 return err(format!("`{key}.url` = {:?} must be an http:// or https:// URL with a host", u.url.as_str()));
             }
-            if u.password.is_some() && u.password_file.is_some() {
-                return err(format!("`{key}`: set `password` or `password_file`, not both"));
+            let secrets = [u.password.is_some(), u.password_file.is_some(), u.password_env.is_some()].iter().filter(|x| **x).count();
+            if secrets > 1 {
+                return err(format!("`{key}`: set one of `password`, `password_file` and `password_env`"));
             }
-            if (u.password.is_some() || u.password_file.is_some()) != u.username.is_some() {
-                return err(format!("`{key}`: `username` goes with `password` or `password_file`; set both or neither"));
+            if (secrets == 1) != u.username.is_some() {
+                return err(format!("`{key}`: `username` goes with `password`, `password_file` or `password_env`; set both or neither"));
             }
         }
         Ok(())
@@ -231,12 +239,15 @@ impl Config {
     /// The password of an upstream: `password`, or the first line of
     /// `password_file` (read now, so a rotated secret is used on restart).
     pub fn password(u: &UpstreamConfig) -> Result<Option<String>, String> {
-        match (&u.password, &u.password_file) {
-            (Some(p), _) => Ok(Some(p.clone())),
-            (None, Some(f)) => std::fs::read_to_string(f)
+        match (&u.password, &u.password_file, &u.password_env) {
+            (Some(p), _, _) => Ok(Some(p.clone())),
+            (None, Some(f), _) => std::fs::read_to_string(f)
                 .map(|s| Some(s.lines().next().unwrap_or("").to_owned()))
                 .map_err(|e| format!("upstream {}: cannot read password_file {}: {e}", u.name, f.display())),
-            (None, None) => Ok(None),
+            (None, None, Some(var)) => {
+                std::env::var(var).map(Some).map_err(|_| format!("upstream {}: password_env names {var}, which is not set", u.name))
+            }
+            (None, None, None) => Ok(None),
         }
     }
 
@@ -347,6 +358,28 @@ password = "labpass"
         assert_eq!(c.server.listen.port(), 15020);
         assert_eq!(c.upstream[0].username.as_deref(), Some("lab"));
         assert_eq!(c.upstream[0].read_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn passwords_from_a_file_or_the_environment() {
+        std::env::set_var("REGMIRROR_TEST_UPSTREAM_PW", "from-env");
+        let c = Config::from_toml_str(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"http://x\"\nusername = \"u\"\npassword_env = \"REGMIRROR_TEST_UPSTREAM_PW\"\n",
+        )
+        .unwrap();
+        assert_eq!(Config::password(&c.upstream[0]).unwrap().as_deref(), Some("from-env"));
+        let e = Config::from_toml_str(
+            "[[upstream]]\nname = \"x.io\"\nurl = \"http://x\"\nusername = \"u\"\npassword = \"p\"\npassword_env = \"V\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("one of"), "{e}");
+        let c = Config::from_toml_str(
+            "[[upstream]]\nname = \"x.io\"\nurl = \"http://x\"\nusername = \"u\"\npassword_env = \"REGMIRROR_TEST_UNSET_VAR\"\n",
+        )
+        .unwrap();
+        assert!(Config::password(&c.upstream[0]).unwrap_err().contains("REGMIRROR_TEST_UNSET_VAR"));
+        assert!(!c.masked_toml().contains("from-env"));
     }
 
     #[test]

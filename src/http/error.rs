@@ -54,6 +54,7 @@ impl From<MirrorError> for ApiError {
         match e {
             MirrorError::UnknownRegistry(_) => ApiError::new(S::BAD_REQUEST, "NAME_INVALID", msg),
             MirrorError::Name(n) => n.into(),
+            MirrorError::NotAllowed { .. } => ApiError::new(S::FORBIDDEN, "DENIED", msg),
             MirrorError::Unknown { what, .. } => ApiError::new(S::NOT_FOUND, unknown_code(what), msg),
             MirrorError::NotAcceptable { .. } => ApiError::new(S::NOT_FOUND, "MANIFEST_UNKNOWN", msg),
             MirrorError::Offline { what, .. } => ApiError::new(S::NOT_FOUND, unknown_code(what), msg),

@@ -33,6 +33,8 @@ pub enum MirrorError {
     UnknownRegistry(String),
     #[error(transparent)]
     Name(NameError),
+    #[error("{registry}/{repo} is not among the repositories this mirror serves (upstream.repositories)")]
+    NotAllowed { registry: String, repo: String },
     #[error("{what} {reference} is not known upstream")]
     Unknown { what: Object, reference: String },
     #[error("the manifest is of type {media_type}, which the request's Accept header does not allow")]

@@ -90,6 +90,13 @@ struct UpstreamEntry {
     tag_ttl: Duration,
     /// Docker Hub's `library/` rule applies.
     docker_hub: bool,
+    /// Repository patterns clients may pull; empty: all.
+    allowed: Vec<String>,
+}
+
+/// `library/*` matches `library/alpine` and `library/a/b`; otherwise exact.
+fn repo_allowed(patterns: &[String], repo: &str) -> bool {
+    patterns.is_empty() || patterns.iter().any(|p| p.strip_suffix('*').map_or(p == repo, |prefix| repo.starts_with(prefix)))
 }
 
 type TagKey = (usize, RepoName, Tag);
@@ -138,6 +145,7 @@ impl Mirror {
                     client: Arc::new(Upstream::new(u, metrics.clone())?),
                     tag_ttl: config.tag_ttl(u),
                     docker_hub: u.name == "docker.io",
+                    allowed: u.repositories.clone(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -259,6 +267,9 @@ impl Mirror {
         };
         let repo = RepoName::parse(name).map_err(MirrorError::Name)?;
         let repo = if self.upstreams[upstream].docker_hub { repo.with_library_prefix() } else { repo };
+        if !repo_allowed(&self.upstreams[upstream].allowed, repo.as_str()) {
+            return Err(MirrorError::NotAllowed { registry: self.upstreams[upstream].client.name().to_owned(), repo: repo.to_string() });
+        }
         Ok(Target { upstream, repo })
     }
 

@@ -25,7 +25,7 @@ async fn two_registries_by_ns_prefix_and_default() {
     let pw = secrets.path().join("ghcr.password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     let toml = format!(
-        "{}{}username = \"{USER}\"\npassword_file = \"{}\"\n",
+        "{}repositories = [\"library/*\"]\n{}username = \"{USER}\"\npassword_file = \"{}\"\n",
         upstream_toml("docker.io", &hub_relay.url()),
         upstream_toml("ghcr.io", &ghcr_relay.url()),
         pw.display()
@@ -70,6 +70,12 @@ async fn two_registries_by_ns_prefix_and_default() {
     assert_eq!(r.status(), 200);
     let r = client().get(format!("{}/v2/", m.url())).header("authorization", "Bearer some-hub-token").send().await.unwrap();
     assert_eq!(r.status(), 200);
+
+    // Only the allowed repositories of an upstream are served.
+    let r = accept_all(client().get(format!("{}/v2/someorg/app/manifests/1", m.url()))).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("DENIED"));
+    assert_eq!(hub_relay.count("someorg"), 0);
 
     // Tags are per upstream: the same digest under two registries.
     let rows = m.mirror.images().await.unwrap();
