@@ -119,20 +119,11 @@ fn try_main() -> anyhow::Result<()> {
             })
         }
         Command::Gc { config, dry_run } => {
-            let cfg = Config::load(config.as_deref())?;
-            init_logging(cfg.log.format);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-            rt.block_on(async move {
-                let app = regmirror::App::open(&cfg, regmirror::clock::Clock::system()).await?;
-                let report = app.mirror.sweep(dry_run).await.context("gc failed")?;
-                app.mirror.shutdown().await;
-                println!("{report}");
-                Ok(())
-            })
+            let report = with_mirror(config.as_deref(), |m| async move { m.sweep(dry_run).await.context("gc failed") })?;
+            println!("{report}");
+            Ok(())
         }
         Command::Prefetch { images, file, platform, all_platforms, config } => {
-            let cfg = Config::load(config.as_deref())?;
-            init_logging(cfg.log.format);
             let mut list = images;
             if let Some(f) = file {
                 let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read the image list {}", f.display()))?;
@@ -146,13 +137,8 @@ fn try_main() -> anyhow::Result<()> {
             } else {
                 regmirror::ops::Platforms::Only(platform)
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-            let sum = rt.block_on(async move {
-                let app = regmirror::App::open(&cfg, regmirror::clock::Clock::system()).await?;
-                let sum = regmirror::ops::prefetch(&app.mirror, &list, &platforms, &mut std::io::stdout()).await;
-                // Downloads commit before the process ends.
-                app.mirror.shutdown().await;
-                anyhow::Ok(sum)
+            let sum = with_mirror(config.as_deref(), |m| async move {
+                anyhow::Ok(regmirror::ops::prefetch(&m, &list, &platforms, &mut std::io::stdout()).await)
             })?;
             println!(
                 "prefetched {} image(s), {} blobs: {} fetched, {} already cached{}",
@@ -166,15 +152,7 @@ fn try_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ls { json, config } => {
-            let cfg = Config::load(config.as_deref())?;
-            init_logging(cfg.log.format);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-            let rows = rt.block_on(async move {
-                let app = regmirror::App::open(&cfg, regmirror::clock::Clock::system()).await?;
-                let rows = app.mirror.images().await.context("cannot read the index")?;
-                app.mirror.shutdown().await;
-                anyhow::Ok(rows)
-            })?;
+            let rows = with_mirror(config.as_deref(), |m| async move { m.images().await.context("cannot read the index") })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -188,23 +166,32 @@ fn try_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify { config } => {
-            let cfg = Config::load(config.as_deref())?;
-            init_logging(cfg.log.format);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-            let report = rt.block_on(async move {
-                let app = regmirror::App::open(&cfg, regmirror::clock::Clock::system()).await?;
-                let report = app.mirror.verify().await.context("verify failed")?;
-                app.mirror.shutdown().await;
-                anyhow::Ok(report)
-            })?;
+            let report = with_mirror(config.as_deref(), |m| async move { m.verify().await.context("verify failed") })?;
             println!("{report}");
-            if report.problems.is_empty() {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("the store has {} problem(s)", report.problems.len()))
-            }
+            anyhow::ensure!(report.problems.is_empty(), "the store has {} problem(s)", report.problems.len());
+            Ok(())
         }
     }
+}
+
+/// For the maintenance commands: opens the mirror described by `config`
+/// (without serving, and without touching temp files, so it is safe beside
+/// a running server), runs `f`, then lets downloads that `f` started commit
+/// and records access times.
+fn with_mirror<T, F, Fut>(config: Option<&std::path::Path>, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(std::sync::Arc<regmirror::mirror::Mirror>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let cfg = Config::load(config)?;
+    init_logging(cfg.log.format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let app = regmirror::App::open(&cfg, regmirror::clock::Clock::system()).await?;
+        let out = f(app.mirror.clone()).await;
+        app.mirror.shutdown().await;
+        out
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.
