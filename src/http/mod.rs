@@ -15,7 +15,7 @@ pub use routes::{route, Route};
 
 use crate::metrics::{CacheLabels, RequestLabels};
 use crate::mirror::Mirror;
-use body::{LogLine, ResponseBody};
+use body::LogLine;
 use error::ApiError;
 use handlers::{Handled, Req, Resp};
 use http::header::HeaderValue;
@@ -192,6 +192,3 @@ async fn handle(mirror: &Mirror, htpasswd: Option<&auth::Htpasswd>, req: Request
     resp.body_mut().set_log(LogLine { method, path, status, cache, started, metrics: m.clone() });
     resp
 }
-
-/// A response body, for code outside this module that builds responses.
-pub type Body = ResponseBody;

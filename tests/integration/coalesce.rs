@@ -3,7 +3,7 @@
 //! simultaneous pulls of a tag.
 
 use crate::common::fake::{BlobSpec, Fake};
-use crate::common::images::{random_bytes, OCI_MANIFEST};
+use crate::common::images::{random_bytes, tiny_manifest, OCI_MANIFEST};
 use crate::common::mirror::{upstream_toml, TestMirror};
 use crate::common::{accept_all, client, digest_of, files_under, wait_until};
 use crate::faults::{fill_done, stored_path};
@@ -172,10 +172,7 @@ async fn wrong_bytes_abort_every_follower() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_pulls_of_one_tag_send_one_manifest_request() {
     let fake = Fake::start().await;
-    let manifest = Bytes::from(format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":1}},"layers":[]}}"#,
-        "2".repeat(64)
-    ));
+    let manifest = tiny_manifest('2');
     fake.add_manifest("library/alpine", "3.19", OCI_MANIFEST, manifest.clone());
     fake.hold_manifests(true);
     let m = TestMirror::start(&upstream_toml("docker.io", &fake.url())).await;

@@ -3,7 +3,7 @@
 //! clears succeeds.
 
 use crate::common::fake::{BlobSpec, Fake};
-use crate::common::images::OCI_MANIFEST;
+use crate::common::images::{tiny_manifest, OCI_MANIFEST};
 use crate::common::mirror::{upstream_toml, TestMirror};
 use crate::common::{accept_all, client, digest_of, files_under, images::random_bytes, wait_until};
 use bytes::Bytes;
@@ -57,10 +57,7 @@ async fn blob_with_wrong_bytes_is_never_stored_and_heals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_with_wrong_bytes_is_refused() {
     let fake = Fake::start().await;
-    let real = Bytes::from(format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":1}},"layers":[]}}"#,
-        "1".repeat(64)
-    ));
+    let real = tiny_manifest('1');
     let digest = digest_of(&real);
     let mut other = real.to_vec();
     other.push(b' ');

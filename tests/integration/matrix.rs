@@ -212,10 +212,7 @@ async fn upstream_fault_matrix() {
         let m = TestMirror::start(&toml(&fake.url())).await;
         let saw = saw_manifest(&m, "big").await;
         mx.row("manifest over 4 MiB", &saw, &m, None, &["502"]).await;
-        let ok = Bytes::from(format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"sha256:{}"}},"layers":[]}}"#,
-            "3".repeat(64)
-        ));
+        let ok = crate::common::images::tiny_manifest('3');
         fake.add_manifest("library/app", "big", OCI_MANIFEST, ok);
         assert_eq!(saw_manifest(&m, "big").await, "200 complete", "after the fault cleared");
     }

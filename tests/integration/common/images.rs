@@ -155,6 +155,15 @@ pub fn multi(repo: &str, tag: &str, oci: bool, seed: u64) -> Image {
     Image { repo: repo.into(), tag: tag.into(), top, children, blobs }
 }
 
+/// A minimal OCI image manifest (no layers) whose config digest is `fill`
+/// repeated: distinct bytes, hence a distinct digest, per `fill`.
+pub fn tiny_manifest(fill: char) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":1}},"layers":[]}}"#,
+        fill.to_string().repeat(64)
+    ))
+}
+
 /// The images every real-upstream test seeds.
 pub struct Catalog {
     /// A 3-layer OCI image.
